@@ -1,0 +1,8 @@
+"""VMamba's operators: cross-scan, cross-merge, selective scan and the fused cross selective scan.
+
+Each public function dispatches by device and availability (see :mod:`.dispatch`); the pure-PyTorch reference lives
+in :mod:`.reference`.
+"""
+from .dispatch import BACKENDS, backend_status, cross_merge, cross_scan, cross_selective_scan, selective_scan
+
+__all__ = ['BACKENDS', 'backend_status', 'cross_merge', 'cross_scan', 'cross_selective_scan', 'selective_scan']
