@@ -1,0 +1,3 @@
+from .backbones import VMamba
+
+__all__ = ['VMamba']
