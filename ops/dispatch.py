@@ -18,7 +18,7 @@ from types import ModuleType
 import torch
 
 BACKENDS = ('reference', 'triton', 'mamba_ssm')
-_MODULES = {'reference': 'reference', 'triton': 'triton', 'mamba_ssm': 'mamba_ssm_backend'}
+_MODULES = {'reference': 'reference', 'triton': 'triton_backend', 'mamba_ssm': 'mamba_ssm_backend'}
 ENV_VAR = 'MMVMAMBA_OPS_BACKEND'
 
 

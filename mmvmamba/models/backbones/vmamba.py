@@ -182,7 +182,7 @@ class SS2D(nn.Module):
         y = cross_selective_scan(
             x, delta, -torch.exp(self.A_logs.float()), b.permute(0, 3, 4, 1, 2), c.permute(0, 3, 4, 1, 2),
             self.Ds.float(), self.dt_projs_bias.float().flatten(), delta_softplus=True)
-        return y.transpose(1, 2).view(batch, height, width, self.d_inner)
+        return y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
 
 
 class Mlp(nn.Module):
