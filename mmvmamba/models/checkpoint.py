@@ -104,6 +104,25 @@ def backbone_state_from_checkpoint(state: Mapping[str, torch.Tensor]) -> tuple[d
     return state, dict(renamed=renamed, dropped=dropped, mapped=mapped)
 
 
+def classifier_state_for_mmpretrain(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """An authors' classification state dict as an mmpretrain ``ImageClassifier`` state dict.
+
+    The classifier's norm -> pool -> head becomes ``backbone.outnorm3`` -> ``GlobalAveragePooling`` ->
+    ``head.fc`` (a ``LinearClsHead``), so logits are unchanged. Returns the state and the report of
+    :func:`backbone_state_from_checkpoint` (where the head now counts as mapped, not dropped).
+    """
+    state, renamed = rename_legacy_keys(state)
+    head = {f'head.fc.{k[len("classifier.head."):]}': v for k, v in state.items() if k.startswith('classifier.head.')}
+    if len(head) != 2:
+        raise ValueError(f'Not a classification state dict: expected classifier.head.weight/bias (or head.*), found '
+                         f'{sorted(k for k in state if "head" in k)}.')
+    backbone, report = backbone_state_from_checkpoint(state)
+    report['renamed'] = renamed
+    report['dropped'] = [k for k in report['dropped'] if not k.startswith('classifier.head.')]
+    report['mapped'] += [f'classifier.head.{k[len("head.fc."):]} -> {k}' for k in head]
+    return {**{f'backbone.{k}': v for k, v in backbone.items()}, **head}, report
+
+
 def _limited(keys: list[str], limit: int = 30) -> str:
     more = f' ... and {len(keys) - limit} more' if len(keys) > limit else ''
     return ', '.join(keys[:limit]) + more
