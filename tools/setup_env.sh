@@ -15,7 +15,7 @@ CACHE=${MMVMAMBA_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmvmamba/wheels}
 PY=$VENV/bin/python
 MMCV_VERSION=2.1.0
 DEFAULT_TORCH=(torch==2.14.1 torchvision==0.29.1)
-IMPORT_CHECK='import mmcv.ops, mmdet.models, mmseg.models, mmpretrain.models'
+IMPORT_CHECK='import mmvmamba, mmcv.ops, mmdet.models, mmseg.models, mmpretrain.models'
 
 START=$SECONDS
 STEP=start
