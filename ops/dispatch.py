@@ -22,7 +22,7 @@ _MODULES = {'reference': 'reference', 'triton': 'triton_backend', 'mamba_ssm': '
 ENV_VAR = 'MMVMAMBA_OPS_BACKEND'
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(backend: str) -> tuple[ModuleType | None, str]:
     """The backend's module, or None and the reason it cannot be used."""
     try:
@@ -47,7 +47,7 @@ def _unavailable(backend: str, op: str, device_type: str) -> str:
     return ''
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve(op: str, device_type: str, requested: str | None) -> Callable:
     """The implementation of ``op`` for tensors on ``device_type``; see the module docstring for the rules."""
     requested = requested or os.environ.get(ENV_VAR) or None

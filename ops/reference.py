@@ -12,7 +12,10 @@ Shapes follow section 1-2 of the VMamba specification:
 
 The scan is a linear recurrence h_t = a_t * h_{t-1} + b_t evaluated by a chunked doubling (Hillis-Steele) scan:
 no Python loop over the sequence, only products of decays in (0, 1] (no exp(cumsum) overflow on long sequences).
-The selective scan's backward is analytic (a reverse scan) and recomputes the states instead of storing them.
+Internally sequences run along dim 1 with channels last, (batch, L, groups, channels), so every slice of the doubling
+is a contiguous block; reversed routes are scanned backwards instead of being flipped, and the fused op reads the
+row-major routes straight from a channel-last map. Backward passes are analytic (a scan in the opposite direction)
+and recompute the states instead of storing them.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 ROUTES = 4
-_CHUNK = 64
+_CHUNK = 32
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
@@ -51,38 +54,113 @@ def cross_merge(y: torch.Tensor) -> torch.Tensor:
     return rows + cols.view(b, c, w, h).transpose(2, 3).flatten(2)
 
 
-def _doubling_scan_(a: torch.Tensor, b: torch.Tensor) -> None:
-    """In place along dim 1: b_t <- h_t of h_t = a_t h_{t-1} + b_t, a_t <- prod_{s<=t} a_s (Hillis-Steele)."""
-    length = a.shape[1]
+def _doubling_(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> None:
+    """In place along dim 2: b <- h of h_t = a_t h_{t-1} + b_t (h_{t+1} if reverse), a <- running products."""
+    length = a.shape[2]
     step = 1
     while step < length:
-        b[:, step:] += a[:, step:] * b[:, :-step]
-        a[:, step:] = a[:, step:] * a[:, :-step]
+        if reverse:
+            b[:, :, :-step] += a[:, :, :-step] * b[:, :, step:]
+            a[:, :, :-step] = a[:, :, :-step] * a[:, :, step:]
+        else:
+            b[:, :, step:] += a[:, :, step:] * b[:, :, :-step]
+            a[:, :, step:] = a[:, :, step:] * a[:, :, :-step]
         step *= 2
 
 
-def linear_recurrence(a: torch.Tensor, b: torch.Tensor, chunk: int = _CHUNK) -> torch.Tensor:
-    """h_t = a_t * h_{t-1} + b_t along dim 0 (time-major) with h_{-1} = 0, in chunks of ``chunk`` steps.
+def _padded_length(length: int) -> int:
+    return -(-length // _CHUNK) * _CHUNK
 
-    Dim 0 leading makes every slice of the doubling a contiguous block. Returns a new tensor; inputs are kept.
+
+def _scan_(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> None:
+    """In place along dim 1 of (batch, Lp, ...) buffers, Lp a multiple of the chunk: b <- states, a is consumed.
+
+    Pad with a = 1, b = 0 after the sequence: the padding then never changes the states of real steps.
     """
-    length = a.shape[0]
-    n_chunks = -(-length // chunk)
-    pad = n_chunks * chunk - length
-    a = F.pad(a.movedim(0, -1), (0, pad), value=1.0).movedim(-1, 0) if pad else a.clone()
-    b = F.pad(b.movedim(0, -1), (0, pad)).movedim(-1, 0) if pad else b.clone()
-    a = a.view(n_chunks, chunk, *a.shape[1:])
-    b = b.view(n_chunks, chunk, *b.shape[1:])
-    _doubling_scan_(a, b)
-    if n_chunks > 1:
-        carry = linear_recurrence(a[:, -1], b[:, -1], chunk)
-        b[1:] += a[1:] * carry[:-1].unsqueeze(1)
-    return b.flatten(0, 1)[:length]
+    batch, length = a.shape[:2]
+    chunks = length // _CHUNK
+    a_c, b_c = a.view(batch, chunks, _CHUNK, *a.shape[2:]), b.view(batch, chunks, _CHUNK, *b.shape[2:])
+    _doubling_(a_c, b_c, reverse)
+    if chunks == 1:
+        return
+    edge = 0 if reverse else -1  # the step whose state leaves the chunk
+    carry_a, carry_b = _pad_time(a_c[:, :, edge], 1.0), _pad_time(b_c[:, :, edge], 0.0)
+    _scan_(carry_a, carry_b, reverse)
+    if reverse:
+        b_c[:, :-1] += a_c[:, :-1] * carry_b[:, 1:chunks].unsqueeze(2)
+    else:
+        b_c[:, 1:] += a_c[:, 1:] * carry_b[:, :chunks - 1].unsqueeze(2)
+
+
+def _pad_time(t: torch.Tensor, value: float) -> torch.Tensor:
+    """A new (batch, padded L, ...) buffer holding ``t`` then ``value``."""
+    out = t.new_empty(t.shape[0], _padded_length(t.shape[1]), *t.shape[2:])
+    out[:, :t.shape[1]] = t
+    out[:, t.shape[1]:] = value
+    return out
+
+
+def linear_recurrence(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t along dim 1 (h_{t+1} if ``reverse``), zero initial state; inputs are kept."""
+    a_p, b_p = _pad_time(a, 1.0), _pad_time(b, 0.0)
+    _scan_(a_p, b_p, reverse)
+    return b_p[:, :a.shape[1]]
+
+
+def _states(u, dt, A, B, reverse):
+    """Scan states (batch, L, G, Dg, N) of u, dt: (batch, L, G, Dg), A: (G, Dg, N), B: (batch, L, G, N)."""
+    shape = (u.shape[0], _padded_length(u.shape[1]), *u.shape[2:], A.shape[-1])
+    decay, h = u.new_empty(shape), u.new_empty(shape)
+    length = u.shape[1]
+    torch.mul(dt.unsqueeze(-1), A, out=decay[:, :length])
+    decay[:, :length].exp_()
+    decay[:, length:] = 1.0
+    torch.mul((dt * u).unsqueeze(-1), B.unsqueeze(3), out=h[:, :length])
+    h[:, length:] = 0.0
+    _scan_(decay, h, reverse)
+    return h[:, :length]
+
+
+def _scan_out(u, dt, A, B, C, D, reverse):
+    """y (batch, L, G, Dg) and the last state (batch, G, Dg, N) of one scan in the sequence-on-dim-1 layout."""
+    h = _states(u, dt, A, B, reverse)
+    y = (h * C.unsqueeze(3)).sum(-1)
+    if D is not None:
+        y += D * u
+    return y, h[:, 0 if reverse else -1]
+
+
+def _scan_grads(u, dt, A, B, C, D, grad_y, reverse):
+    """Gradients of one scan w.r.t. u, dt, A, B, C, D (same layout as ``_scan_out``), recomputing the states.
+
+    Adjoint states g_t = C_t gy_t + decay_{t+1} g_{t+1} (reverse scans: t-1) are a scan in the other direction.
+    """
+    length = u.shape[1]
+    h = _states(u, dt, A, B, reverse)
+    decay = torch.exp(dt.unsqueeze(-1) * A)
+    later, earlier = (slice(0, length - 1), slice(1, length)) if reverse else (slice(1, length), slice(0, length - 1))
+    a_adj = torch.zeros_like(decay)
+    a_adj[:, earlier] = decay[:, later]
+    g_h = linear_recurrence(a_adj, grad_y.unsqueeze(-1) * C.unsqueeze(3), reverse=not reverse)
+    g_log_decay = torch.zeros_like(h)  # d loss / d (dt * A)
+    g_log_decay[:, later] = g_h[:, later] * h[:, earlier] * decay[:, later]
+    g_dtu = (g_h * B.unsqueeze(3)).sum(-1)  # d loss / d (dt * u)
+    grad_dt = (g_log_decay * A).sum(-1) + g_dtu * u
+    grad_u = g_dtu * dt
+    grad_A = (g_log_decay * dt.unsqueeze(-1)).sum((0, 1))
+    grad_B = (g_h * (dt * u).unsqueeze(-1)).sum(3)
+    grad_C = (grad_y.unsqueeze(-1) * h).sum(3)
+    grad_D = None
+    if D is not None:
+        grad_u += D * grad_y
+        grad_D = (grad_y * u).sum((0, 1))
+    return grad_u, grad_dt, grad_A, grad_B, grad_C, grad_D
 
 
 def _check_scan_inputs(u, delta, A, B, C, D, delta_bias):
     if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f'u and delta must both be (batch, channels, L); got {tuple(u.shape)} and {tuple(delta.shape)}')
+        raise ValueError(f'u and delta must both be (batch, channels, L); got {tuple(u.shape)} and '
+                         f'{tuple(delta.shape)}')
     batch, channels, length = u.shape
     if A.dim() != 2 or A.shape[0] != channels:
         raise ValueError(f'A must be (channels={channels}, d_state), got {tuple(A.shape)}')
@@ -97,88 +175,53 @@ def _check_scan_inputs(u, delta, A, B, C, D, delta_bias):
             raise ValueError(f'{name} must be ({channels},), got {tuple(t.shape)}')
 
 
+def _check_cross_inputs(x, delta, A, B, C, D, delta_bias):
+    if x.dim() != 4:
+        raise ValueError(f'x must be (batch, C, H, W), got {tuple(x.shape)}')
+    batch, channels, height, width = x.shape
+    if delta.shape != (batch, ROUTES, channels, height, width):
+        raise ValueError(f'delta must be (batch, 4, C, H, W) = {(batch, ROUTES, channels, height, width)}, '
+                         f'got {tuple(delta.shape)}')
+    if A.dim() != 2 or A.shape[0] != ROUTES * channels:
+        raise ValueError(f'A must be (4 * C = {ROUTES * channels}, d_state), got {tuple(A.shape)}')
+    for name, t in (('B', B), ('C', C)):
+        if t.shape != (batch, ROUTES, A.shape[1], height, width):
+            raise ValueError(f'{name} must be (batch, 4, d_state, H, W) = {(batch, ROUTES, A.shape[1], height, width)}'
+                             f', got {tuple(t.shape)}')
+    for name, t in (('D', D), ('delta_bias', delta_bias)):
+        if t is not None and t.shape != (ROUTES * channels,):
+            raise ValueError(f'{name} must be ({ROUTES * channels},), got {tuple(t.shape)}')
+
+
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _time_major(t: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
-    """(batch, channels, L) -> contiguous (L, batch, groups, channels // groups) in ``dtype``."""
-    return t.to(dtype).unflatten(1, (groups, t.shape[1] // groups)).permute(3, 0, 1, 2).contiguous()
-
-
-def _from_time_major(t: torch.Tensor) -> torch.Tensor:
-    """(L, batch, groups, Dg) -> (batch, groups * Dg, L)."""
-    return t.permute(1, 2, 3, 0).flatten(1, 2)
-
-
-class _ScanState:
-    """Forward quantities of the selective scan in the compute dtype, time-major: (L, batch, G, Dg[, N])."""
-
-    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus):
-        dtype = _compute_dtype(u, delta, A, B, C)
-        groups = B.shape[1]
-        self.u = _time_major(u, groups, dtype)
-        self.pre = _time_major(delta, groups, dtype)
-        if delta_bias is not None:
-            self.pre = self.pre + delta_bias.to(dtype).view(groups, -1)
-        self.dt = F.softplus(self.pre) if delta_softplus else self.pre
-        self.A = A.to(dtype).view(groups, -1, A.shape[1])
-        self.B = B.to(dtype).permute(3, 0, 1, 2).unsqueeze(3)  # (L, batch, G, 1, N)
-        self.C = C.to(dtype).permute(3, 0, 1, 2).unsqueeze(3)
-        self.decay = torch.exp(self.dt.unsqueeze(-1) * self.A)
-        self.h = linear_recurrence(self.decay, (self.dt * self.u).unsqueeze(-1) * self.B)
-
-
-def _scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output):
-    _check_scan_inputs(u, delta, A, B, C, D, delta_bias)
-    state = _ScanState(u, delta, A, B, C, delta_bias, delta_softplus)
-    y = (state.h * state.C).sum(-1)
-    if D is not None:
-        y += D.to(y.dtype).view(y.shape[2:]) * state.u
-    y = _from_time_major(y)
-    if not float32_output:
-        y = y.to(u.dtype)
-    return y, state.h[-1].flatten(1, 2)
+def _delta_to_dt(pre: torch.Tensor, delta_softplus: bool) -> torch.Tensor:
+    return F.softplus(pre) if delta_softplus else pre
 
 
 class SelectiveScanReference(torch.autograd.Function):
-    """Selective scan with an analytic backward that recomputes the states (see module docstring)."""
+    """Selective scan on (batch, L, G, Dg) tensors with an analytic backward that recomputes the states."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output):
-        y, last_state = _scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+    def forward(ctx, u, pre, A, B, C, D, delta_softplus):
+        ctx.save_for_backward(u, pre, A, B, C, D)
         ctx.delta_softplus = delta_softplus
-        ctx.mark_non_differentiable(last_state)
-        return y, last_state
+        return _scan_out(u, _delta_to_dt(pre, delta_softplus), A, B, C, D, reverse=False)[0]
 
     @staticmethod
-    def backward(ctx, grad_y, grad_last_state):
-        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
-        groups = B.shape[1]
-        with torch.no_grad():
-            s = _ScanState(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
-            gy = _time_major(grad_y, groups, s.h.dtype)
-            # adjoint states g_t = C_t * gy_t + decay_{t+1} * g_{t+1}: a scan over reversed time
-            decay_next = torch.cat([s.decay[1:], torch.zeros_like(s.decay[:1])])
-            g_h = linear_recurrence(decay_next.flip(0), (gy.unsqueeze(-1) * s.C).flip(0)).flip(0)
-            h_prev = torch.cat([torch.zeros_like(s.h[:1]), s.h[:-1]])
-            g_log_decay = g_h * h_prev * s.decay  # d loss / d (dt * A)
-            g_dtu = (g_h * s.B).sum(-1)  # d loss / d (dt * u)
-            grad_dt = (g_log_decay * s.A).sum(-1) + g_dtu * s.u
-            grad_u = g_dtu * s.dt
-            grad_A = (g_log_decay * s.dt.unsqueeze(-1)).sum((0, 1)).flatten(0, 1)
-            grad_B = (g_h * (s.dt * s.u).unsqueeze(-1)).sum(3).permute(1, 2, 3, 0)
-            grad_C = (gy.unsqueeze(-1) * s.h).sum(3).permute(1, 2, 3, 0)
-            grad_D = None
-            if D is not None:
-                grad_u += D.to(gy.dtype).view(gy.shape[2:]) * gy
-                grad_D = (gy * s.u).sum((0, 1)).flatten()
-            grad_pre = grad_dt * torch.sigmoid(s.pre) if ctx.delta_softplus else grad_dt
-            grad_bias = grad_pre.sum((0, 1)).flatten() if delta_bias is not None else None
-        return (_from_time_major(grad_u).to(u.dtype), _from_time_major(grad_pre).to(delta.dtype), grad_A.to(A.dtype),
-                grad_B.to(B.dtype), grad_C.to(C.dtype), None if grad_D is None else grad_D.to(D.dtype),
-                None if grad_bias is None else grad_bias.to(delta_bias.dtype), None, None)
+    def backward(ctx, grad_y):
+        u, pre, A, B, C, D = ctx.saved_tensors
+        dt = _delta_to_dt(pre, ctx.delta_softplus)
+        grad_u, grad_dt, grad_A, grad_B, grad_C, grad_D = _scan_grads(u, dt, A, B, C, D, grad_y, reverse=False)
+        grad_pre = grad_dt * torch.sigmoid(pre) if ctx.delta_softplus else grad_dt
+        return grad_u, grad_pre, grad_A, grad_B, grad_C, grad_D, None
+
+
+def _seq_layout(t: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, channels, L) -> (batch, L, groups, channels // groups) in ``dtype`` (a view when possible)."""
+    return t.to(dtype).transpose(1, 2).unflatten(2, (groups, t.shape[1] // groups))
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -193,27 +236,128 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         return_last_state: also return the state after the last step, (batch, channels, N) (not differentiable).
         float32_output: output in float32 (float64 for float64 inputs); otherwise in ``u``'s dtype.
     """
-    args = (u, delta, A, B, C, D, delta_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        y, last_state = SelectiveScanReference.apply(*args, delta_softplus, float32_output)
-    else:  # plain tensor ops: no autograd bookkeeping, and traceable for export
-        y, last_state = _scan_forward(*args, delta_softplus, float32_output)
-    return (y, last_state) if return_last_state else y
+    _check_scan_inputs(u, delta, A, B, C, D, delta_bias)
+    dtype = _compute_dtype(u, delta, A, B, C)
+    groups = B.shape[1]
+    u_s = _seq_layout(u, groups, dtype)
+    pre = _seq_layout(delta, groups, dtype)
+    if delta_bias is not None:
+        pre = pre + delta_bias.to(dtype).view(groups, -1)
+    A_g = A.to(dtype).view(groups, -1, A.shape[1])
+    B_s, C_s = B.to(dtype).permute(0, 3, 1, 2), C.to(dtype).permute(0, 3, 1, 2)
+    D_g = None if D is None else D.to(dtype).view(groups, -1)
+    if _needs_grad(u, delta, A, B, C, D, delta_bias):
+        y = SelectiveScanReference.apply(u_s, pre, A_g, B_s, C_s, D_g, delta_softplus)
+    else:  # plain tensor ops: no autograd bookkeeping
+        y = _scan_out(u_s, _delta_to_dt(pre, delta_softplus), A_g, B_s, C_s, D_g, reverse=False)[0]
+    y = y.flatten(2).transpose(1, 2).contiguous()
+    if not float32_output:
+        y = y.to(u.dtype)
+    if not return_last_state:
+        return y
+    with torch.no_grad():
+        _, last = _scan_out(u_s, _delta_to_dt(pre, delta_softplus), A_g, B_s, C_s, D_g, reverse=False)
+    return y, last.flatten(1, 2)
+
+
+def _route_sequences(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> the row-major (B, H*W, C) and column-major (B, W*H, C) sequences, channel-last."""
+    batch, channels = t.shape[:2]
+    rows = t.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+    cols = t.permute(0, 3, 2, 1).reshape(batch, -1, channels)
+    return rows, cols
+
+
+def _to_image(seq: torch.Tensor, height: int, width: int, column_major: bool) -> torch.Tensor:
+    """A route's (B, L, C) sequence back in image layout (B, H, W, C) (a view)."""
+    if column_major:
+        return seq.unflatten(1, (width, height)).transpose(1, 2)
+    return seq.unflatten(1, (height, width))
+
+
+class CrossSelectiveScanReference(torch.autograd.Function):
+    """Four routes scanned straight from the (B, C, H, W) map: reversed routes scan backwards, outputs are merged
+    in a channel-last buffer. The backward recomputes each route."""
+
+    @staticmethod
+    def forward(ctx, x, pre, A, B, C, D, delta_softplus):
+        ctx.save_for_backward(x, pre, A, B, C, D)
+        ctx.delta_softplus = delta_softplus
+        return _cross_scan_out(x, pre, A, B, C, D, delta_softplus)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, pre, A, B, C, D = ctx.saved_tensors
+        batch, channels, height, width = x.shape
+        grad_rows, grad_cols = _route_sequences(grad_out.view(batch, channels, height, width))
+        grad_x = x.new_zeros(batch, height, width, channels)
+        grad_pre = x.new_empty(batch, height, width, ROUTES, channels)
+        grad_B = x.new_empty(batch, height, width, ROUTES, B.shape[2])
+        grad_C = torch.empty_like(grad_B)
+        grad_A, grad_D = torch.empty_like(A), None if D is None else torch.empty_like(D)
+        for k, (u, dt, A_k, B_k, C_k, D_k) in enumerate(_routes(x, pre, A, B, C, D, ctx.delta_softplus)):
+            column_major = k % 2 == 1
+            grad_y = (grad_cols if column_major else grad_rows).unsqueeze(2)
+            g_u, g_dt, g_A, g_B, g_C, g_D = _scan_grads(u, dt, A_k, B_k, C_k, D_k, grad_y, reverse=k >= 2)
+            if ctx.delta_softplus:
+                g_dt = g_dt * torch.sigmoid(_route_sequences(pre[:, k])[k % 2]).unsqueeze(2)
+            grad_x += _to_image(g_u.squeeze(2), height, width, column_major)
+            grad_pre[:, :, :, k] = _to_image(g_dt.squeeze(2), height, width, column_major)
+            grad_B[:, :, :, k] = _to_image(g_B.squeeze(2), height, width, column_major)
+            grad_C[:, :, :, k] = _to_image(g_C.squeeze(2), height, width, column_major)
+            grad_A.view(ROUTES, channels, -1)[k] = g_A[0]
+            if D is not None:
+                grad_D.view(ROUTES, channels)[k] = g_D[0]
+        return (grad_x.permute(0, 3, 1, 2), grad_pre.permute(0, 3, 4, 1, 2), grad_A, grad_B.permute(0, 3, 4, 1, 2),
+                grad_C.permute(0, 3, 4, 1, 2), grad_D, None)
+
+
+def _cross_scan_out(x, pre, A, B, C, D, delta_softplus):
+    """The fused forward: (B, C, H*W) as a view of a channel-last (B, H, W, C) buffer."""
+    batch, channels, height, width = x.shape
+    out = x.new_zeros(batch, height, width, channels)
+    for k, (u, dt, A_k, B_k, C_k, D_k) in enumerate(_routes(x, pre, A, B, C, D, delta_softplus)):
+        y = _scan_out(u, dt, A_k, B_k, C_k, D_k, reverse=k >= 2)[0]
+        out += _to_image(y.squeeze(2), height, width, column_major=k % 2 == 1)
+    return out.flatten(1, 2).transpose(1, 2)
+
+
+def _routes(x, pre, A, B, C, D, delta_softplus):
+    """Per route k: u, dt (B, L, 1, C), A_k (1, C, N), B_k, C_k (B, L, 1, N), D_k (1, C) in route order."""
+    channels = x.shape[1]
+    x_routes = _route_sequences(x)
+    for k in range(ROUTES):
+        column = k % 2
+        yield (x_routes[column].unsqueeze(2), _delta_to_dt(_route_sequences(pre[:, k])[column], delta_softplus)
+               .unsqueeze(2), A.view(ROUTES, 1, channels, -1)[k], _route_sequences(B[:, k])[column].unsqueeze(2),
+               _route_sequences(C[:, k])[column].unsqueeze(2), None if D is None else D.view(ROUTES, 1, channels)[k])
 
 
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                          D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
                          delta_softplus: bool = True, float32_output: bool = True) -> torch.Tensor:
-    """cross_scan -> selective_scan -> cross_merge.
+    """cross_scan -> selective_scan -> cross_merge without materialising the routes.
 
     Args:
         x: (batch, C, H, W), shared by the four routes.
         delta: (batch, 4, C, H, W); B, Cm: (batch, 4, N, H, W): route k reads its own maps, in image coordinates.
         A: (4 * C, N); D, delta_bias: (4 * C,) or None.
     Returns:
-        (batch, C, H * W), float32 unless ``float32_output`` is False.
+        (batch, C, H * W) (a view of a channel-last buffer), float32 unless ``float32_output`` is False.
     """
-    batch, channels, height, width = x.shape
-    ys = selective_scan(cross_scan(x).flatten(1, 2), cross_scan(delta).flatten(1, 2), A, cross_scan(B),
-                        cross_scan(C), D, delta_bias, delta_softplus, float32_output=float32_output)
-    return cross_merge(ys.view(batch, ROUTES, channels, height, width))
+    _check_cross_inputs(x, delta, A, B, C, D, delta_bias)
+    channels = x.shape[1]
+    dtype = _compute_dtype(x, delta, A, B, C)
+    pre = delta.to(dtype)
+    if delta_bias is not None:
+        pre = pre + delta_bias.to(dtype).view(1, ROUTES, channels, 1, 1)
+    args = (x.to(dtype), pre, A.to(dtype), B.to(dtype), C.to(dtype), None if D is None else D.to(dtype))
+    if _needs_grad(x, delta, A, B, C, D, delta_bias):
+        y = CrossSelectiveScanReference.apply(*args, delta_softplus)
+    else:  # plain tensor ops: no autograd bookkeeping
+        y = _cross_scan_out(*args, delta_softplus)
+    return y if float32_output else y.to(x.dtype)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -77,7 +77,10 @@ def test_long_sequence_does_not_overflow():
 def test_selective_scan_gradcheck():
     x = random_scan_inputs(2, 4, 3, 70, 2, requires_grad=True)
     names = list(x)
-    assert torch.autograd.gradcheck(lambda *a: reference.selective_scan(**dict(zip(names, a))), tuple(x.values()))
+    def scan(*a):
+        return reference.selective_scan(**dict(zip(names, a, strict=True)))
+
+    assert torch.autograd.gradcheck(scan, tuple(x.values()))
 
 
 def test_selective_scan_gradcheck_without_softplus():
@@ -85,8 +88,10 @@ def test_selective_scan_gradcheck_without_softplus():
     x['delta'], x['delta_bias'] = x['delta'].abs(), x['delta_bias'].abs()
     x = {k: v.requires_grad_() for k, v in x.items()}
     names = list(x)
-    assert torch.autograd.gradcheck(
-        lambda *a: reference.selective_scan(**dict(zip(names, a)), delta_softplus=False), tuple(x.values()))
+    def scan(*a):
+        return reference.selective_scan(**dict(zip(names, a, strict=True)), delta_softplus=False)
+
+    assert torch.autograd.gradcheck(scan, tuple(x.values()))
 
 
 def test_selective_scan_output_dtypes():
@@ -162,7 +167,10 @@ def test_cross_selective_scan_equals_its_composition():
 def test_cross_selective_scan_gradcheck():
     x = cross_inputs(batch=1, channels=2, d_state=2, height=3, width=4, requires_grad=True)
     names = list(x)
-    assert torch.autograd.gradcheck(lambda *a: ops.cross_selective_scan(**dict(zip(names, a))), tuple(x.values()))
+    def scan(*a):
+        return ops.cross_selective_scan(**dict(zip(names, a, strict=True)))
+
+    assert torch.autograd.gradcheck(scan, tuple(x.values()))
 
 
 def test_inference_path_equals_autograd_path():

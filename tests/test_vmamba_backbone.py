@@ -71,7 +71,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients():
         outs = model(x)
         sum(o.square().sum() for o in outs).backward()
         grads.append((outs, {n: p.grad for n, p in model.named_parameters()}))
-    for a, b in zip(grads[0][0], grads[1][0]):
+    for a, b in zip(grads[0][0], grads[1][0], strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     for name, grad in grads[0][1].items():
         assert torch.allclose(grad, grads[1][1][name], rtol=1e-4, atol=1e-6), name
@@ -130,7 +130,8 @@ def authors_state_dict(arch: dict, legacy: bool = False, num_classes: int = 10) 
     if arch['patch_embed'] == 'v1':
         embed = 'patch_embed.proj.' if legacy else 'patch_embed.0.'
         norm = 'patch_embed.norm.' if legacy else 'patch_embed.2.'
-        shapes.update({embed + 'weight': (c, 3, 4, 4), embed + 'bias': (c,), norm + 'weight': (c,), norm + 'bias': (c,)})
+        shapes.update({embed + 'weight': (c, 3, 4, 4), embed + 'bias': (c,),
+                       norm + 'weight': (c,), norm + 'bias': (c,)})
     else:
         shapes.update({'patch_embed.0.weight': (c // 2, 3, 3, 3), 'patch_embed.0.bias': (c // 2,),
                        'patch_embed.2.weight': (c // 2,), 'patch_embed.2.bias': (c // 2,),
@@ -146,7 +147,8 @@ def authors_state_dict(arch: dict, legacy: bool = False, num_classes: int = 10) 
                            op + 'in_proj.weight': (d_inner * (2 if arch['gated'] else 1), dim),
                            op + 'conv2d.weight': (d_inner, 1, 3, 3),
                            op + 'x_proj_weight': (4, rank + 2 * n, d_inner), op + 'dt_projs_weight': (4, d_inner, rank),
-                           op + 'dt_projs_bias': (4, d_inner), op + 'A_logs': (4 * d_inner, n), op + 'Ds': (4 * d_inner,),
+                           op + 'dt_projs_bias': (4, d_inner), op + 'A_logs': (4 * d_inner, n),
+                           op + 'Ds': (4 * d_inner,),
                            op + 'out_norm.weight': (d_inner,), op + 'out_norm.bias': (d_inner,),
                            op + 'out_proj.weight': (dim, d_inner)})
             if arch['conv_bias']:
