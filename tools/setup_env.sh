@@ -47,30 +47,38 @@ step "pip tooling (setuptools<81 for mmcv's pkg_resources, wheel, ninja)"
 pip_install 'setuptools>=77,<81' wheel ninja
 
 step "torch"
-if ! "$PY" -c 'import torch' 2>/dev/null; then
+if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'; then
     echo "    no torch in the venv: installing ${DEFAULT_TORCH[*]}"
     pip_install "${DEFAULT_TORCH[@]}"
 fi
-TORCH_INFO=$("$PY" - <<'EOF'
+TORCH_INFO=$(MMCV_VERSION=$MMCV_VERSION "$PY" - <<'EOF'
+import importlib.metadata
+import importlib.util
 import os
 import sys
 
 import torch
 
+try:
+    import mmcv.ops  # noqa: F401
+    mmcv_ok = importlib.metadata.version('mmcv') == os.environ['MMCV_VERSION']
+except ImportError:
+    mmcv_ok = False
 release = tuple(int(part) for part in torch.__version__.split('+')[0].split('.')[:2])
 cuda_ops = torch.version.cuda and (torch.cuda.is_available() or os.getenv('FORCE_CUDA') == '1')
-print(f'{sys.version_info[0]}.{sys.version_info[1]}', torch.__version__,
-      'cu' + torch.version.cuda.replace('.', '') if cuda_ops else 'cpu', int(release >= (2, 14)))
+print(f'{sys.version_info[0]}.{sys.version_info[1]}', importlib.metadata.version('torch'), torch.__version__,
+      'cu' + torch.version.cuda.replace('.', '') if cuda_ops else 'cpu', int(release >= (2, 14)),
+      int(importlib.util.find_spec('torchvision') is not None), int(mmcv_ok))
 EOF
 )
-read -r PYVER TORCH OPS CXX20 <<<"$TORCH_INFO"
-echo "torch==$TORCH" >"$VENV/torch-constraints.txt"
-"$PY" -c 'import torchvision' 2>/dev/null || pip_install torchvision
+read -r PYVER TORCH_DIST TORCH OPS CXX20 HAS_TORCHVISION MMCV_OK <<<"$TORCH_INFO"
+echo "torch==$TORCH_DIST" >"$VENV/torch-constraints.txt"
+[[ $HAS_TORCHVISION == 1 ]] || pip_install torchvision
 echo "    python $PYVER, torch $TORCH, mmcv ops for: $OPS (torch is pinned for the rest of the setup)"
 
 step "mmcv $MMCV_VERSION with compiled ops"
 MMCV_WHEEL=()
-if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
+if [[ $MMCV_OK == 0 ]]; then
     WHEEL_DIR=$CACHE/py$PYVER-torch$TORCH-$OPS
     if ! compgen -G "$WHEEL_DIR/mmcv-$MMCV_VERSION-*.whl" >/dev/null; then
         echo "    no cached wheel in $WHEEL_DIR: building mmcv $MMCV_VERSION from source"
