@@ -1,0 +1,133 @@
+"""Where the time of a VSS block goes: each part of one block timed alone, forward and forward+backward.
+
+Builds one block per stage of a preset at the stage's feature size, runs each part on its own input under bf16
+autocast (or fp32), times with CUDA events (median of repeats after warm-up) and prints one table per stage plus a
+total over the whole model (part time x blocks per stage).
+
+    python tools/analysis/profile_block.py --arch tiny --batch 128 --size 224
+    python tools/analysis/profile_block.py --arch tiny --batch 2 --size 800 1216 --dtype fp32
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from mmvmamba.models.backbones.vmamba import ROUTES, VMamba  # noqa: E402
+from mmvmamba.ops import cross_selective_scan  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', default='tiny', help='VMamba preset')
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--size', type=int, nargs='+', default=[224], help='input H [W]')
+    parser.add_argument('--dtype', choices=['bf16', 'fp32'], default='bf16', help='autocast dtype (fp32: none)')
+    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--backend', default=None, help='ops backend (default: by device)')
+    return parser.parse_args()
+
+
+def time_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median CUDA-event time of ``fn`` after warm-up."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[Callable, tuple]]:
+    """Each part of ``block`` as (function, inputs); inputs are the real intermediate tensors of one forward."""
+    op = block.op
+    with torch.no_grad():
+        normed = block.norm(x)
+        projected = op.in_proj(normed)
+        conv_in = projected[..., :op.d_inner].permute(0, 3, 1, 2)
+        conv_out = F.silu(op.conv2d(conv_in))
+        batch, _, height, width = conv_out.shape
+        n, r = op.d_state, op.dt_rank
+        x_dbl = F.linear(conv_out.permute(0, 2, 3, 1), op.x_proj_weight.flatten(0, 1))
+        dt_low, b, c = x_dbl.view(batch, height, width, ROUTES, r + 2 * n).split([r, n, n], dim=-1)
+        delta = torch.einsum('bhwkr,kdr->bkdhw', dt_low, op.dt_projs_weight.to(dt_low.dtype))
+        scanned = op.scan(conv_out)
+        y = op.out_norm(scanned).to(conv_out.dtype)
+
+    def scan(xc, d, bb, cc):
+        return cross_selective_scan(xc, d, -torch.exp(op.A_logs.float()), bb, cc, op.Ds.float(),
+                                    op.dt_projs_bias.float().flatten(), backend=backend)
+
+    parts = {
+        'norm': (block.norm, (x,)),
+        'in_proj': (op.in_proj, (normed,)),
+        'dwconv+silu': (lambda t: F.silu(op.conv2d(t)), (conv_in,)),
+        'x_proj': (lambda t: F.linear(t.permute(0, 2, 3, 1), op.x_proj_weight.flatten(0, 1)), (conv_out,)),
+        'dt_proj': (lambda t: torch.einsum('bhwkr,kdr->bkdhw', t, op.dt_projs_weight.to(t.dtype)), (dt_low,)),
+        'scan': (scan, (conv_out, delta, b.permute(0, 3, 4, 1, 2), c.permute(0, 3, 4, 1, 2))),
+        'out_norm': (lambda t: op.out_norm(t).to(conv_out.dtype), (scanned,)),
+        'out_proj': (op.out_proj, (y,)),
+    }
+    if block.mlp_ratio > 0:
+        parts['norm2'] = (block.norm2, (x,))
+        parts['mlp'] = (block.mlp, (normed,))
+    parts['block'] = (block, (x,))
+    return parts
+
+
+def main() -> None:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit('profile_block times CUDA kernels: run it on a GPU machine.')
+    height, width = (args.size * 2)[:2]
+    model = VMamba(args.arch, drop_path_rate=0.0).cuda().train()
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.dtype == 'bf16')
+    print(f'{torch.cuda.get_device_name()}, VMamba {args.arch}, batch {args.batch}, {height}x{width}, {args.dtype}')
+    totals: dict[str, list[float]] = {}
+    for i, (layer, dim) in enumerate(zip(model.layers, model.dims, strict=True)):
+        stride = 2 ** (i + 2)
+        x = torch.randn(args.batch, math.ceil(height / stride), math.ceil(width / stride), dim, device='cuda')
+        block = layer.blocks[0]
+        with autocast:
+            parts = block_parts(block, x, args.backend)
+        print(f'\nstage {i}: {tuple(x.shape)} x {len(layer.blocks)} blocks')
+        print(f'{"part":<14}{"fwd ms":>10}{"fwd+bwd ms":>12}')
+        for name, (fn, inputs) in parts.items():
+            inputs = tuple(t.detach().requires_grad_(t.is_floating_point()) for t in inputs)
+
+            def forward(fn=fn, inputs=inputs):
+                with autocast:
+                    return fn(*inputs)
+
+            def forward_backward(fn=fn, inputs=inputs):
+                out = forward()
+                out.float().sum().backward()
+
+            with torch.no_grad():
+                fwd = time_ms(forward, args.repeats)
+            both = time_ms(forward_backward, args.repeats)
+            print(f'{name:<14}{fwd:>10.3f}{both:>12.3f}')
+            total = totals.setdefault(name, [0.0, 0.0])
+            total[0] += fwd * len(layer.blocks)
+            total[1] += both * len(layer.blocks)
+    print('\nwhole model, all blocks (part time x blocks per stage)')
+    print(f'{"part":<14}{"fwd ms":>10}{"fwd+bwd ms":>12}')
+    for name, (fwd, both) in totals.items():
+        print(f'{name:<14}{fwd:>10.2f}{both:>12.2f}')
+
+
+if __name__ == '__main__':
+    main()
