@@ -1,0 +1,167 @@
+"""FLOPs of VMamba models as the authors counted them (specification, section 8).
+
+MMEngine's counter (``mmengine.analysis``, a port of fvcore) traces the model and counts convolutions, linear
+layers, matmuls, einsums, norms and pooling, one multiply-add as one FLOP. The selective scan is invisible to it: our
+reference scan is plain elementwise tensor work. :func:`count_selective_scans` makes every call of the public scan
+ops (``mmvmamba.ops.selective_scan`` and ``cross_selective_scan``, see :mod:`.scan_hooks`) appear in the traced
+graph as one ``prim::PythonOp.SelectiveScanOp`` node, and :func:`selective_scan_flop_jit` counts it by Albert Gu's rule
+(``9 * B * L * D * N + B * L * D``, D the channels of the call, ``4 * d_inner`` for a cross scan).
+
+Not counted (0 FLOPs), as in the authors' numbers: elementwise ops and activations (add, mul, SiLU, GELU, softplus,
+exp, the gate), reductions other than pooling, the cross-scan/merge layout changes, padding, and copies.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from mmengine.analysis import FlopAnalyzer, parameter_count
+from mmengine.analysis.jit_handles import einsum_flop_jit, get_shape
+
+from .scan_hooks import wrap_scan_ops
+
+SCAN_NODE = 'prim::PythonOp.SelectiveScanOp'
+NOT_COUNTED = ('elementwise ops and activations (add, mul, SiLU, GELU, softplus, exp, the gate z), reductions other '
+               'than pooling, cross-scan/merge (layout only), padding, copies and shape ops')
+
+
+def selective_scan_flops(batch: int, length: int, channels: int, d_state: int) -> int:
+    """Albert Gu's count for one selective scan (mamba issue 110): 9*B*L*D*N + B*L*D (the D skip term)."""
+    return 9 * batch * length * channels * d_state + batch * length * channels
+
+
+class SelectiveScanOp(torch.autograd.Function):
+    """One scan call as one traced node whose inputs are the call's tensor arguments (``x, delta, A, ...``).
+
+    With ``shapes_only`` the scan is not run: it returns zeros of its output shape and dtype (FLOPs depend on shapes
+    only, and a trace through the scan's work is slow).
+    """
+
+    @staticmethod
+    def forward(ctx, fn: Callable, op: str, shapes_only: bool, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                *args: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if shapes_only:
+            return _zero_output(op, x, delta, A, *args)
+        return fn(x, delta, A, *args)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError('count_selective_scans() is for FLOP counting without gradients; run under torch.no_grad().')
+
+
+def _zero_output(op: str, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, *args: Any):
+    """Zeros shaped as the documented output of :func:`mmvmamba.ops.selective_scan` / ``cross_selective_scan``."""
+    if op == 'cross_selective_scan':
+        float32_output = args[5] if len(args) > 5 else True
+        shape = (x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+    else:
+        float32_output = args[6] if len(args) > 6 else True
+        shape = tuple(x.shape)
+    tensors = [t for t in (x, delta, A, *args[:2]) if isinstance(t, torch.Tensor)]
+    wide = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    y = x.new_zeros(shape, dtype=wide if float32_output else x.dtype)
+    if op == 'selective_scan' and len(args) > 5 and args[5]:  # return_last_state
+        return y, x.new_zeros((x.shape[0], A.shape[0], A.shape[1]), dtype=wide)
+    return y
+
+
+def count_selective_scans(shapes_only: bool = False) -> contextlib.AbstractContextManager:
+    """Within this context every call of a public scan op shows as one :data:`SCAN_NODE` in a traced graph.
+
+    A scan called inside another (a fused op built on the plain one) stays inside the outer node and is counted
+    once. ``shapes_only``: see :class:`SelectiveScanOp`.
+    """
+    def wrap(op: str, fn: Callable) -> Callable:
+        def scan(x, delta, A, *args):
+            return SelectiveScanOp.apply(fn, op, shapes_only, x, delta, A, *args)
+        return scan
+
+    return wrap_scan_ops(wrap)
+
+
+def selective_scan_flop_jit(inputs: list, outputs: list) -> Counter:
+    """FLOP handle for :data:`SCAN_NODE`: inputs are (u or x, delta, A, ...) with u (B, D, L) or x (B, C, H, W), A
+    (D, N); D is A's rows, so a cross scan counts its four routes."""
+    x, a = get_shape(inputs[0]), get_shape(inputs[2])
+    return Counter({'selective_scan': selective_scan_flops(x[0], math.prod(x[2:]), a[0], a[1])})
+
+
+def exact_einsum_flop_jit(inputs: list, outputs: list) -> int | float:
+    """Multiply-adds of a two-operand einsum, exactly (MMEngine's handle rounds through numpy to 4 digits)."""
+    equation = inputs[0].toIValue().replace(' ', '')
+    shapes = [get_shape(v) for v in inputs[1].node().inputs()]
+    if len(shapes) != 2 or '.' in equation or '->' not in equation:
+        return einsum_flop_jit(inputs, outputs)
+    sizes = {}
+    for term, shape in zip(equation.split('->')[0].split(','), shapes, strict=True):
+        sizes.update(zip(term, shape, strict=True))
+    return math.prod(sizes.values())
+
+
+def sdpa_flop_jit(inputs: list, outputs: list) -> int:
+    """``scaled_dot_product_attention``: Q K^T and the weighted sum of V, one multiply-add each per element."""
+    q, k, v = (get_shape(t) for t in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+@dataclass
+class FlopReport:
+    """Totals of one count; ``by_operator`` and ``not_counted`` are over the whole model."""
+
+    flops: int
+    params: int
+    by_operator: dict[str, int]
+    scan_calls: int
+    not_counted: dict[str, int] = field(default_factory=dict)
+    analyzer: FlopAnalyzer | None = field(default=None, repr=False)
+
+    @property
+    def scan_flops(self) -> int:
+        return self.by_operator.get('selective_scan', 0)
+
+
+def flop_analyzer(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                  scan_handle: Callable = selective_scan_flop_jit) -> FlopAnalyzer:
+    """MMEngine's analyzer with handles for the scan, exact einsums and fused attention (for baselines), its
+    warnings off (:func:`count_flops` reports the unsupported ops)."""
+    analyzer = FlopAnalyzer(model, inputs)
+    analyzer.set_op_handle(**{SCAN_NODE: scan_handle, 'aten::einsum': exact_einsum_flop_jit,
+                              'aten::scaled_dot_product_attention': sdpa_flop_jit})
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    analyzer.tracer_warnings('none')
+    return analyzer
+
+
+def count_flops(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], run_scans: bool = False
+                ) -> FlopReport:
+    """FLOPs and parameters of ``model(*inputs)`` in eval mode, each scan call counted by :func:`selective_scan_flops`.
+
+    ``model`` must take and return tensors (wrap detectors and segmentors: :func:`mmvmamba.utils.config.tensor_model`).
+    The trace runs the model once; by default the scans return zeros instead of running (``run_scans=False``), which
+    changes no count except where a model's work depends on values (the number of proposals a detector keeps).
+    """
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    calls = 0
+
+    def scan_handle(inputs: list, outputs: list) -> Counter:
+        nonlocal calls
+        calls += 1
+        return selective_scan_flop_jit(inputs, outputs)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), count_selective_scans(shapes_only=not run_scans):
+            analyzer = flop_analyzer(model, inputs, scan_handle)
+            by_operator = {name: int(v) for name, v in analyzer.by_operator().items()}
+    finally:
+        model.train(was_training)
+    return FlopReport(flops=sum(by_operator.values()), params=parameter_count(model)[''], by_operator=by_operator,
+                      scan_calls=calls, not_counted=dict(analyzer.unsupported_ops()), analyzer=analyzer)

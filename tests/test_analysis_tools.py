@@ -1,0 +1,241 @@
+"""Analysis tools: FLOPs as the paper counts them, ERF, activation maps, the benchmark's sweep plot, config models."""
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from mmvmamba.models.backbones.vmamba import VMamba
+from mmvmamba.ops import cross_selective_scan, dispatch, selective_scan
+from mmvmamba.utils.config import VMambaClassifier, build_from_config, model_kind
+from mmvmamba.utils.flops import count_flops, selective_scan_flops
+from tests.test_vmamba_backbone import SMALL_V2, SMALL_VANILLA
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools', 'analysis'))
+
+import activation_map  # noqa: E402
+import benchmark  # noqa: E402
+import erf  # noqa: E402
+import get_flops  # noqa: E402
+
+SMALL_OPTIONS = ['--arch-options', 'depths=1,1,1,1', 'embed_dim=16']
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('arch,gflops', [('tiny-s1l8', 4.906), ('tiny-s2l5', 4.858), ('vanilla-tiny', 5.627)])
+def test_flops_match_the_paper(arch, gflops):
+    model = VMambaClassifier(arch, num_classes=1000)
+    report = count_flops(model, torch.randn(1, 3, 224, 224))
+    assert round(report.flops / 1e9, 3) == gflops
+    assert report.scan_calls == sum(model.backbone.arch['depths'])
+    assert report.params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('arch', [SMALL_V2, SMALL_VANILLA], ids=['v2', 'vanilla'])
+def test_each_scan_call_counts_by_the_rule(arch):
+    model = VMamba(arch).eval()
+    batch, height, width = 2, 72, 100
+    report = count_flops(model, torch.randn(batch, 3, height, width))
+    expected = 0
+    for i, layer in enumerate(model.layers):
+        stride = 2 ** (i + 2)
+        length = math.ceil(height / stride) * math.ceil(width / stride)
+        for block in layer.blocks:
+            expected += selective_scan_flops(batch, length, 4 * block.op.d_inner, block.op.d_state)
+    assert report.scan_flops == expected
+    assert report.scan_calls == sum(arch['depths'])
+
+
+class PlainScan(nn.Module):
+    """Calls the public (non-fused) selective scan, as a model outside VMamba might."""
+
+    def __init__(self, channels=6, d_state=3, groups=2):
+        super().__init__()
+        self.A = nn.Parameter(-torch.rand(channels, d_state))
+        self.groups = groups
+
+    def forward(self, u):
+        b = u.new_ones(u.shape[0], self.groups, self.A.shape[1], u.shape[2])
+        y, last = selective_scan(u, u, self.A, b, b, return_last_state=True)
+        return y + last.sum(-1, keepdim=True)
+
+
+def test_plain_selective_scan_is_counted_and_dispatch_restored():
+    original = dispatch.resolve
+    report = count_flops(PlainScan(), torch.randn(3, 6, 50))
+    assert report.scan_calls == 1
+    assert report.scan_flops == selective_scan_flops(3, 50, 6, 3)
+    assert dispatch.resolve is original
+    with pytest.raises(RuntimeError):
+        count_flops(nn.Linear(2, 2), torch.randn(1, 3))  # a failing trace leaves dispatch as it was
+    assert dispatch.resolve is original
+
+
+def test_running_the_scans_gives_the_same_count_and_outputs_are_untouched():
+    model = VMamba(SMALL_V2).eval()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        before = model(x)
+    assert count_flops(model, x).flops == count_flops(model, x, run_scans=True).flops
+    with torch.no_grad():
+        after = model(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_get_flops_cli_for_an_arch(capsys):
+    report = get_flops.main(['--arch', 'tiny', *SMALL_OPTIONS, '--shape', '64', '96', '--table', '1'])
+    out = capsys.readouterr().out
+    assert report.flops > 0 and 'FLOPs:' in out and 'not counted' in out and 'backbone' in out
+
+
+def test_get_flops_with_the_shipped_classification_config():
+    config = os.path.join(ROOT, 'configs', 'vmamba_t_8xb128_in1k.py')
+    if not os.path.exists(config):
+        pytest.skip('configs/vmamba_t_8xb128_in1k.py is not there')
+    report = get_flops.main([config])
+    assert round(report.flops / 1e9, 3) == 4.906
+
+
+@pytest.mark.parametrize('name,kind', [('mask_rcnn_vmamba_demo.py', 'detector'),
+                                        ('upernet_vmamba_demo.py', 'segmentor')])
+def test_get_flops_for_detector_and_segmentor_configs(name, kind):
+    config = os.path.join(ROOT, 'configs', 'demo', name)
+    if not os.path.exists(config):
+        pytest.skip(f'configs/demo/{name} is not there')
+    model = build_from_config(config)
+    assert model_kind(model) == kind
+    backbone = count_flops(model.backbone, torch.randn(1, 3, 128, 160))
+    report = get_flops.main([config, '--shape', '128', '160'])
+    assert report.scan_calls == backbone.scan_calls and report.flops > backbone.flops
+
+
+def test_config_models_are_built_without_their_checkpoint():
+    config = os.path.join(ROOT, 'configs', 'upernet_vmamba_t_512x512_160k_ade20k.py')
+    if not os.path.exists(config):
+        pytest.skip('configs/upernet_vmamba_t_512x512_160k_ade20k.py is not there')
+    model = build_from_config(config)  # the checkpoint it names does not exist here
+    assert model.backbone.init_cfg is None
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+
+
+# --- images ---------------------------------------------------------------------------------------------------------
+
+def read_png(path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == 'PNG'
+        return np.asarray(img.convert('RGB'))
+
+
+def assert_real_png(path, width, height):
+    pixels = read_png(path)
+    assert pixels.shape == (height, width, 3)
+    assert pixels.std() > 10  # not a blank canvas
+
+
+def test_erf_png_random_inputs_and_compare_with_checkpoint(tmp_path):
+    out = str(tmp_path / 'erf.png')
+    maps = erf.main(['--arch', 'tiny', *SMALL_OPTIONS, '--size', '64', '--num-images', '2', '--device', 'cpu',
+                     '--out', out])
+    assert_real_png(out, 400, 430)
+    field = maps['random init']
+    assert field.shape == (64, 64) and field.min() >= 0 and field[32, 32] > 0
+
+    checkpoint = tmp_path / 'trained.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in VMamba('tiny', depths=(1, 1, 1, 1), embed_dim=16)
+                               .state_dict().items()}}, checkpoint)
+    out = str(tmp_path / 'erf2.png')
+    maps = erf.main(['--arch', 'tiny', *SMALL_OPTIONS, '--size', '64', '--num-images', '1', '--device', 'cpu',
+                     '--checkpoint', str(checkpoint), '--compare-random', '--norm', 'log', '--out', out])
+    assert_real_png(out, 800, 430)
+    assert set(maps) == {'random init', 'trained'}
+    assert not np.allclose(maps['random init'], maps['trained'])
+
+
+def test_erf_from_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from mmvmamba.utils.visual import synthetic_image
+    for i in range(2):
+        Image.fromarray(synthetic_image(80, seed=i)).save(tmp_path / f'{i}.png')
+    out = str(tmp_path / 'erf.png')
+    erf.main(['--arch', 'tiny', *SMALL_OPTIONS, '--size', '64', '--images', str(tmp_path), '--device', 'cpu',
+              '--out', out])
+    assert_real_png(out, 400, 430)
+
+
+def test_erf_normalisations_span_zero_to_one():
+    field = np.random.default_rng(0).random((8, 8)) ** 4
+    for norm in ('power', 'log'):
+        values = erf.normalise(field, norm)
+        assert values.max() == pytest.approx(1.0) and values.min() >= 0
+    assert erf.area_for_share(np.pad(np.ones((1, 1)), 4), 0.99) == pytest.approx(9 / 81)
+
+
+def test_activation_map_png(tmp_path):
+    out = str(tmp_path / 'act.png')
+    combined = activation_map.main(['--arch', 'tiny', *SMALL_OPTIONS, '--size', '96', '--stage', '1', '--routes',
+                                    '--query', '20', '70', '--device', 'cpu', '--out', out])
+    assert_real_png(out, 6 * 400, 430)
+    assert combined.shape == (12, 12) and combined.max() == pytest.approx(1.0) and combined.min() >= 0
+
+
+@pytest.mark.parametrize('arch', [SMALL_V2, SMALL_VANILLA], ids=['v2', 'vanilla'])
+def test_activation_map_is_the_scan_jacobian(arch):
+    """Each position's weight is d y_query / d u_position of the layer's scan (channel mean, D term excluded)."""
+    torch.manual_seed(0)
+    scan = activation_map.capture_scan(VMamba(arch).eval(), torch.randn(1, 3, 96, 128), 2, 0)
+    height, width = scan['x'].shape[2:]
+    query = (2, 1)
+    routes = activation_map.route_contributions(scan, query)
+    x = scan['x'].double().requires_grad_()
+    out = cross_selective_scan(x, scan['delta'].double(), scan['A'].double(), scan['B'].double(), scan['C'].double(),
+                               None, scan['delta_bias'].double(), True)
+    (grad,) = torch.autograd.grad(out[0, :, query[0] * width + query[1]].sum(), x)
+    expected = grad[0].sum(0) / x.shape[1]
+    assert torch.allclose(routes.sum(0), expected, rtol=1e-9, atol=1e-14)
+    # route 0 (row-major) reaches only positions up to the query in reading order
+    assert routes[0].flatten()[query[0] * width + query[1] + 1:].abs().max() == 0
+
+
+# --- benchmark ------------------------------------------------------------------------------------------------------
+
+def test_benchmark_sweep_writes_a_plot(tmp_path):
+    out = str(tmp_path / 'sweep.png')
+    results = benchmark.main(['--device', 'cpu', '--arch', 'tiny', *SMALL_OPTIONS, '--sweep', '--sweep-sizes', '64',
+                              '96', '--baselines', 'none', '--warmup', '0', '--iters', '1', '--repeats', '1',
+                              '--out', out])
+    assert_real_png(out, 900, 360)
+    assert [r.size for r in results] == [(64, 64), (96, 96)]
+    assert benchmark.main(['--device', 'cpu', '--arch', 'tiny', *SMALL_OPTIONS, '--sweep', '--flops-only',
+                           '--sweep-sizes', '64', '96', '128', '--baselines', 'none', '--out', out]) == []
+    assert_real_png(out, 450, 360)
+
+
+def test_benchmark_runs_every_mode_and_precision(capsys):
+    results = benchmark.main(['--device', 'cpu', '--arch', 'tiny', *SMALL_OPTIONS, '--size', '32', '--batch', '2',
+                              '--det', '--det-size', '32', '64', '--warmup', '0', '--iters', '1', '--repeats', '1'])
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[0].startswith('device: cpu') and lines[-1].startswith('| VMamba tiny-s1l8 (modified)')
+    assert {(r.precision, r.mode) for r in results} == {('fp32', 'infer'), ('bf16', 'infer'), ('fp32', 'train'),
+                                                        ('bf16', 'train'), ('fp32', 'fwd+bwd'), ('bf16', 'fwd+bwd')}
+
+
+def test_benchmark_compares_with_swin_and_convnext(capsys):
+    pytest.importorskip('timm')
+    results = benchmark.main(['--device', 'cpu', '--arch', 'tiny', *SMALL_OPTIONS, '--size', '32', '--compare',
+                              '--det', '--det-size', '32', '64', '--precision', 'bf16', '--mode', 'infer',
+                              '--warmup', '0', '--iters', '1', '--repeats', '1'])
+    table = capsys.readouterr().out.rstrip().split('Throughput')[-1]
+    swin = benchmark.SWIN['tiny']
+    assert {r.model for r in results if r.mode == 'infer'} == {'VMamba tiny-s1l8 (modified)', swin,
+                                                               benchmark.CONVNEXT}
+    assert {r.model for r in results if r.mode == 'fwd+bwd'} == {'VMamba tiny-s1l8 (modified) backbone',
+                                                                 f'{swin} backbone'}
+    assert next(line for line in table.splitlines() if line.startswith(f'| {swin}')).rstrip(' |').endswith('1.00x')
