@@ -15,7 +15,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from mmvmamba.models.backbones.vmamba import VMamba
-from mmvmamba.models.checkpoint import load_state_dict_strict, read_checkpoint, select_state_dict
+from mmvmamba.models.checkpoint import load_state_dict_strict, read_checkpoint, rename_legacy_keys, select_state_dict
 
 # input (H, W) the authors quote FLOPs at, per kind of model
 DEFAULT_SHAPES = {'backbone': (224, 224), 'classifier': (224, 224), 'detector': (1280, 800), 'segmentor': (512, 2048)}
@@ -85,7 +85,8 @@ def build_from_config(cfg: Config | str, cfg_options: dict | None = None) -> nn.
 
 
 def model_kind(model: nn.Module) -> str:
-    """'backbone', 'classifier', 'detector' or 'segmentor'."""
+    """'classifier', 'detector' or 'segmentor' (mmpretrain, mmdet, mmseg, or :class:`VMambaClassifier`); anything
+    else is called as a 'backbone', ``model(images)``."""
     if isinstance(model, (VMamba, VMambaClassifier)):
         return 'backbone' if isinstance(model, VMamba) else 'classifier'
     bases = (('classifier', 'mmpretrain.models.classifiers', 'BaseClassifier'),
@@ -162,7 +163,9 @@ def load_weights(model: nn.Module, path: str, key: str = 'auto') -> str:
         raise ValueError(f'{path}: keys do not match the model and its backbone is not VMamba.')
     report = load_state_dict_strict(backbone, state, source=f'Checkpoint {path!r}')
     message = f'{report["loaded"]} tensors into the VMamba backbone'
-    if isinstance(model, VMambaClassifier) and 'classifier.head.weight' in state:
-        model.head.load_state_dict({'weight': state['classifier.head.weight'], 'bias': state['classifier.head.bias']})
+    head = {k[len('classifier.head.'):]: v for k, v in rename_legacy_keys(state)[0].items()
+            if k.startswith('classifier.head.')}
+    if isinstance(model, VMambaClassifier) and head:
+        model.head.load_state_dict(head)
         message += ' and the classifier head'
     return message
