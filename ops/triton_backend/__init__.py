@@ -1,0 +1,420 @@
+"""Triton backend: cross-scan, cross-merge, the selective scan and the fused cross selective scan, each with a Triton
+forward and backward (kernels and their maths in :mod:`.kernels`).
+
+Same positional signatures and semantics as :mod:`..reference`. State and accumulation are float32 whatever the input
+dtype; float64 inputs are handed to the reference (exact float64 maths). Strided inputs are read in place: the fused
+op takes the model's channel-last views without copies and returns a (B, C, L) view of a channel-last (B, L, C)
+float32 buffer. Importing this module needs triton (its ImportError marks the backend unavailable); the kernels run on
+CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import torch
+import triton
+
+from .. import reference
+from . import kernels
+
+ROUTES = 4
+_INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+
+
+@dataclasses.dataclass(frozen=True)
+class TileConfig:
+    """Work split of the scan kernels: T steps x BC channels per chunk; rows cut into segments until there are
+    about ``programs`` programs (at least ``min_seg`` segments a row); WIN segments read per look-back round trip;
+    GB (batch, channel block) groups per block of the program order (see :func:`kernels._ticket`); PF chunks loaded
+    ahead of their use (1 to 3; each costs registers, and the backward has none to spare)."""
+    T: int
+    BC: int
+    WIN: int
+    GB: int
+    programs: int
+    min_seg: int
+    warps_fwd: int
+    warps_bwd: int
+    PF_fwd: int
+    PF_bwd: int
+
+
+_override: dict = {}
+
+
+@contextlib.contextmanager
+def tile_config(**fields: int) -> Iterator[None]:
+    """Force fields of :class:`TileConfig` inside the block: for tests of the chunk and segment chaining on small
+    inputs, and for the benchmark's sweeps. Forward and backward must run with the same T."""
+    global _override
+    previous, _override = _override, {**_override, **fields}
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def scan_config(n_state: int, channels: int, length: int) -> TileConfig:
+    """Chunks of 8 steps, (step, state, channel) tiles of 256 to 1024 elements at about two to four a thread:
+    registers, not bandwidth, bound these kernels' occupancy (the backward keeps some twenty tiles live). Wide
+    channel blocks for small d_state keep the loads of channel-last inputs coalesced. Measured on an H100 over the
+    sweep of tools/analysis/benchmark_ops.py (docs/ops.md)."""
+    n_pad = triton.next_power_of_2(n_state)
+    if _INTERPRET:
+        cfg = TileConfig(T=16, BC=min(4, triton.next_power_of_2(channels)), WIN=4, GB=1, programs=1, min_seg=1,
+                         warps_fwd=4, warps_bwd=4, PF_fwd=2, PF_bwd=2)
+    else:
+        bc = min(triton.next_power_of_2(channels), 32 if n_pad <= 2 else 16 if n_pad <= 4 else 8 if n_pad <= 16 else 2)
+        t = max(8, min(256 // (n_pad * bc), triton.next_power_of_2(length)))
+        warps = max(1, min(8, t * n_pad * bc // 64))
+        cfg = TileConfig(T=t, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), GB=1, programs=1024, min_seg=1,
+                         warps_fwd=warps, warps_bwd=warps, PF_fwd=2, PF_bwd=1)
+    return dataclasses.replace(cfg, **_override)
+
+
+def _segments(rows: int, n_chunks: int, cfg: TileConfig) -> tuple[int, int]:
+    """(chunks per segment, segments per row)."""
+    n_seg = min(n_chunks, max(cfg.min_seg, triton.cdiv(cfg.programs, rows)))
+    seg_chunks = triton.cdiv(n_chunks, n_seg)
+    return seg_chunks, triton.cdiv(n_chunks, seg_chunks)
+
+
+def _guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.device.type == 'cuda' else contextlib.nullcontext()
+
+
+def _is_float64(*tensors: torch.Tensor | None) -> bool:
+    return any(t is not None and t.dtype == torch.float64 for t in tensors)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# cross-scan and cross-merge
+
+
+def _route_gather(src: torch.Tensor, strides: tuple[int, ...], out: torch.Tensor, height: int, width: int,
+                  inverse: bool, summed: bool) -> torch.Tensor:
+    """Launch :func:`kernels.route_gather_kernel`; src is (B, 4, C, H, W) given by its 5 strides (route stride 0 for
+    a map shared by the routes), out is contiguous (B, 4, C, L), or (B, C, L) when ``summed``."""
+    batch, channels = out.shape[0], out.shape[-2]
+    block_c, block_l = min(32, triton.next_power_of_2(channels)), 64
+    grid = (batch * (1 if summed else ROUTES), triton.cdiv(channels, block_c), triton.cdiv(height * width, block_l))
+    dst_strides = (out.stride(0), 0 if summed else out.stride(1), out.stride(-2))
+    with _guard(out):
+        kernels.route_gather_kernel[grid](src, out, height * width, height, width, channels, *strides, *dst_strides,
+                                          INVERSE=inverse, SUM=summed, BLOCK_C=block_c, BLOCK_L=block_l)
+    return out
+
+
+def _scan_routes(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) or (B, 4, C, H, W) -> (B, 4, C, L)."""
+    batch, channels, height, width = x.shape[0], x.shape[-3], x.shape[-2], x.shape[-1]
+    strides = (x.stride(0), 0, *x.stride()[1:]) if x.dim() == 4 else x.stride()
+    out = x.new_empty(batch, ROUTES, channels, height * width)
+    return _route_gather(x, strides, out, height, width, inverse=False, summed=False)
+
+
+def _unscan_routes(y: torch.Tensor, summed: bool) -> torch.Tensor:
+    """(B, 4, C, H, W) holding each route's sequence -> image order, (B, C, L) summed or (B, 4, C, L) per route."""
+    batch, _, channels, height, width = y.shape
+    shape = (batch, channels, height * width) if summed else (batch, ROUTES, channels, height * width)
+    return _route_gather(y, y.stride(), y.new_empty(shape), height, width, inverse=True, summed=summed)
+
+
+class CrossScan(torch.autograd.Function):
+    """:func:`cross_scan`; its backward merges the routes (or un-routes each one for a per-route input)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.per_route, ctx.hw = x.dim() == 5, x.shape[-2:]
+        return _scan_routes(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        batch, _, channels, length = grad.shape
+        height, width = ctx.hw
+        grad = grad.unflatten(-1, (height, width))
+        if ctx.per_route:
+            return _unscan_routes(grad, summed=False).view(batch, ROUTES, channels, height, width)
+        return _unscan_routes(grad, summed=True).view(batch, channels, height, width)
+
+
+class CrossMerge(torch.autograd.Function):
+    """:func:`cross_merge`; its backward is the cross-scan of the gradient."""
+
+    @staticmethod
+    def forward(ctx, y):
+        ctx.hw = y.shape[-2:]
+        return _unscan_routes(y, summed=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        height, width = ctx.hw
+        return _scan_routes(grad.unflatten(-1, (height, width))).unflatten(-1, (height, width))
+
+
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 4, C, H*W) (or (B, 4, C, H, W), one map per route); see :func:`reference.cross_scan`."""
+    if not (x.dim() == 4 or (x.dim() == 5 and x.shape[1] == ROUTES)):
+        raise ValueError(f'cross_scan expects (B, C, H, W) or (B, 4, C, H, W), got shape {tuple(x.shape)}')
+    if x.dtype == torch.float64:
+        return reference.cross_scan(x)
+    return CrossScan.apply(x)
+
+
+def cross_merge(y: torch.Tensor) -> torch.Tensor:
+    """(B, 4, C, H, W) -> (B, C, H*W); see :func:`reference.cross_merge`."""
+    if y.dim() != 5 or y.shape[1] != ROUTES:
+        raise ValueError(f'cross_merge expects (B, 4, C, H, W), got shape {tuple(y.shape)}')
+    if y.dtype == torch.float64:
+        return reference.cross_merge(y)
+    return CrossMerge.apply(y)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# selective scan
+
+
+@dataclasses.dataclass
+class _Geometry:
+    """How the scan kernels see their operands: rows of (batch, route, channel) over L = H * W steps, and for every
+    strided operand its strides along (batch, route, channel or state, image row, image column)."""
+    batch: int
+    routes: int
+    channels: int
+    n_state: int
+    height: int
+    width: int
+    cross: bool
+
+    @property
+    def length(self) -> int:
+        return self.height * self.width
+
+
+def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool, cfg: TileConfig):
+    """Run the forward scan kernel; returns the float32 states entering each chunk plus the final one,
+    (rows, n_chunks + 1, NP, BC) with rows = (batch, route, channel block)."""
+    u, delta, B, C, y = (ops[name] for name in ('u', 'delta', 'B', 'C', 'y'))
+    n_pad = triton.next_power_of_2(geo.n_state)
+    n_cblk, n_chunks = triton.cdiv(geo.channels, cfg.BC), triton.cdiv(geo.length, cfg.T)
+    rows = geo.batch * geo.routes * n_cblk
+    seg_chunks, n_seg = _segments(rows, n_chunks, cfg)
+    dev = A.device
+    states = torch.empty(rows, n_chunks + 1, n_pad, cfg.BC, device=dev, dtype=torch.float32)
+    status = torch.empty(rows * n_seg * 3 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
+    flags = torch.zeros(rows * n_seg + 1, device=dev, dtype=torch.int32)
+    with _guard(A):
+        kernels.scan_fwd_kernel[(rows * n_seg,)](
+            u[0], delta[0], A, B[0], C[0], A if D is None else D, A if delta_bias is None else delta_bias, y[0],
+            states, status, flags, geo.length, geo.height, geo.width, geo.n_state, geo.channels, geo.routes, n_cblk,
+            n_chunks, seg_chunks, n_seg, cfg.GB, *u[1], *delta[1], *B[1], *C[1], *y[1],
+            CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+            T=cfg.T, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, PF=cfg.PF_fwd, num_warps=cfg.warps_fwd)
+    return states
+
+
+def _launch_backward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool, states: torch.Tensor,
+                     cfg: TileConfig):
+    """Run the backward scan kernel; returns float32 (dA, dD, d delta_bias) (None where absent). The gradients of the
+    strided operands are written into ops['du'], ops['ddelta'], ops['dB'], ops['dC']."""
+    n_pad = triton.next_power_of_2(geo.n_state)
+    n_cblk, n_chunks = triton.cdiv(geo.channels, cfg.BC), triton.cdiv(geo.length, cfg.T)
+    if states.shape[1:] != (n_chunks + 1, n_pad, cfg.BC):
+        raise RuntimeError('selective scan backward: the tile configuration changed since the forward')
+    rows = geo.batch * geo.routes * n_cblk
+    seg_chunks, n_seg = _segments(rows, n_chunks, cfg)
+    dev = A.device
+    status = torch.empty(rows * n_seg * 3 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
+    flags = torch.zeros(rows * n_seg + 1, device=dev, dtype=torch.int32)
+    dA = torch.zeros(A.shape, device=dev, dtype=torch.float32)
+    dD = torch.zeros(A.shape[0], device=dev, dtype=torch.float32) if D is not None else None
+    dbias = torch.zeros(A.shape[0], device=dev, dtype=torch.float32) if delta_bias is not None else None
+    names = ('u', 'delta', 'B', 'C', 'gy', 'du', 'ddelta', 'dB', 'dC')
+    u, delta, B, C, gy, du, ddelta, dB, dC = (ops[name] for name in names)
+    with _guard(A):
+        kernels.scan_bwd_kernel[(rows * n_seg,)](
+            u[0], delta[0], A, B[0], C[0], A if D is None else D, A if delta_bias is None else delta_bias, gy[0],
+            states, status, flags, du[0], ddelta[0], dA, dB[0], dC[0], dA if dD is None else dD,
+            dA if dbias is None else dbias,
+            geo.length, geo.height, geo.width, geo.n_state, geo.channels, geo.routes, n_cblk, n_chunks, seg_chunks,
+            n_seg, cfg.GB, *u[1], *delta[1], *B[1], *C[1], *gy[1], *du[1], *ddelta[1], *dB[1], *dC[1],
+            CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+            T=cfg.T, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, PF=cfg.PF_bwd, num_warps=cfg.warps_bwd)
+    return dA, dD, dbias
+
+
+def _last_state(states: torch.Tensor, geo: _Geometry) -> torch.Tensor:
+    """(batch, routes * channels, N) from the final slot of the chunk states."""
+    rows, _, n_pad, bc = states.shape
+    final = states[:, -1].view(geo.batch, geo.routes, rows // (geo.batch * geo.routes), n_pad, bc)
+    final = final.permute(0, 1, 2, 4, 3).reshape(geo.batch, geo.routes, -1, n_pad)
+    return final[:, :, :geo.channels, :geo.n_state].reshape(geo.batch, geo.routes * geo.channels, geo.n_state)
+
+
+def _seq_operand(t: torch.Tensor, groups: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(batch, channels, L) seen as (batch, group, channel in group, 1, L)."""
+    return t, (t.stride(0), t.stride(1) * (t.shape[1] // groups), t.stride(1), 0, t.stride(2))
+
+
+def _state_operand(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(batch, G, N, L) seen as (batch, group, state, 1, L)."""
+    return t, (t.stride(0), t.stride(1), t.stride(2), 0, t.stride(3))
+
+
+def _scan_geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> _Geometry:
+    batch, channels, length = u.shape
+    groups = B.shape[1]
+    return _Geometry(batch, groups, channels // groups, A.shape[1], 1, length, cross=False)
+
+
+class SelectiveScan(torch.autograd.Function):
+    """Selective scan: forward saves only the chunk-end states; backward recomputes the states inside each chunk."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output):
+        geo = _scan_geometry(u, A, B)
+        cfg = scan_config(geo.n_state, geo.channels, geo.length)
+        A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
+        y = torch.empty(u.shape, device=u.device, dtype=torch.float32 if float32_output else u.dtype)
+        ops = dict(u=_seq_operand(u, geo.routes), delta=_seq_operand(delta, geo.routes), B=_state_operand(B),
+                   C=_state_operand(C), y=_seq_operand(y, geo.routes))
+        states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg)
+        last_state = _last_state(states, geo)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
+        ctx.delta_softplus, ctx.cfg = delta_softplus, cfg
+        ctx.mark_non_differentiable(last_state)
+        return y, last_state
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last_state):
+        u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
+        geo = _scan_geometry(u, A, B)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dB = torch.zeros(B.shape, device=B.device, dtype=torch.float32)
+        dC = torch.zeros(C.shape, device=C.device, dtype=torch.float32)
+        g = geo.routes
+        ops = dict(u=_seq_operand(u, g), delta=_seq_operand(delta, g), B=_state_operand(B), C=_state_operand(C),
+                   gy=_seq_operand(grad_y, g), du=_seq_operand(du, g), ddelta=_seq_operand(ddelta, g),
+                   dB=_state_operand(dB), dC=_state_operand(dC))
+        dA, dD, dbias = _launch_backward(geo, ops, A, D, delta_bias, ctx.delta_softplus, states, ctx.cfg)
+        return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
+                None if delta_bias is None else dbias.to(delta_bias.dtype), None, None)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
+                   return_last_state: bool = False, float32_output: bool = True):
+    """Mamba's selective scan with grouped B/C; arguments and results as :func:`reference.selective_scan`."""
+    args = (u, delta, A, B, C, D, delta_bias)
+    if _is_float64(*args):
+        return reference.selective_scan(*args, delta_softplus, return_last_state, float32_output)
+    reference._check_scan_inputs(*args)
+    if _needs_grad(*args):
+        y, last_state = SelectiveScan.apply(*args, delta_softplus, float32_output)
+    else:
+        with torch.no_grad():
+            y, last_state = SelectiveScan.forward(_NoCtx(), *args, delta_softplus, float32_output)
+    return (y, last_state) if return_last_state else y
+
+
+class _NoCtx:
+    """Stands in for the autograd context when no gradient is needed."""
+
+    def save_for_backward(self, *tensors):
+        pass
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fused cross selective scan
+
+
+def _image_operand(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(batch, C, H, W) shared by the routes (route stride 0), or (batch, 4, C|N, H, W) per route."""
+    return t, ((t.stride(0), 0, *t.stride()[1:]) if t.dim() == 4 else t.stride())
+
+
+def _merged_operand(t: torch.Tensor, width: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(batch, C, L) in image order, shared by the routes."""
+    return t, (t.stride(0), 0, t.stride(1), width * t.stride(2), t.stride(2))
+
+
+def _route_state_buffer(batch: int, n_state: int, height: int, width: int, device) -> torch.Tensor:
+    """float32 (batch, 4, N, H, W) zeros laid out as (batch, H, W, 4, N), the layout of the model's projections."""
+    return torch.zeros(batch, height, width, ROUTES, n_state, device=device, dtype=torch.float32).permute(0, 3, 4, 1, 2)
+
+
+class CrossSelectiveScan(torch.autograd.Function):
+    """cross_scan -> selective_scan -> cross_merge in one forward and one backward kernel."""
+
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output):
+        batch, channels, height, width = x.shape
+        geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
+        cfg = scan_config(geo.n_state, channels, geo.length)
+        A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
+        out = torch.zeros(batch, geo.length, channels, device=x.device, dtype=torch.float32).transpose(1, 2)
+        ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
+                   y=_merged_operand(out, width))
+        states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg)
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, states)
+        ctx.delta_softplus, ctx.cfg = delta_softplus, cfg
+        return out if float32_output else out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
+        batch, channels, height, width = x.shape
+        geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
+        dx = torch.zeros_like(x, dtype=torch.float32)
+        ddelta = torch.empty_like(delta)
+        dB = _route_state_buffer(batch, geo.n_state, height, width, x.device)
+        dC = _route_state_buffer(batch, geo.n_state, height, width, x.device)
+        ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
+                   gy=_merged_operand(grad_out, width), du=_image_operand(dx), ddelta=_image_operand(ddelta),
+                   dB=_image_operand(dB), dC=_image_operand(dC))
+        dA, dD, dbias = _launch_backward(geo, ops, A, D, delta_bias, ctx.delta_softplus, states, ctx.cfg)
+        return (dx.to(x.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                None if D is None else dD.to(D.dtype), None if delta_bias is None else dbias.to(delta_bias.dtype),
+                None, None)
+
+
+def _check_cross_inputs(x, delta, A, B, C, D, delta_bias):
+    if x.dim() != 4:
+        raise ValueError(f'x must be (batch, C, H, W), got {tuple(x.shape)}')
+    batch, channels, height, width = x.shape
+    if delta.shape != (batch, ROUTES, channels, height, width):
+        raise ValueError(f'delta must be {(batch, ROUTES, channels, height, width)}, got {tuple(delta.shape)}')
+    if A.dim() != 2 or A.shape[0] != ROUTES * channels:
+        raise ValueError(f'A must be ({ROUTES * channels}, d_state), got {tuple(A.shape)}')
+    for name, t in (('B', B), ('C', C)):
+        if t.shape != (batch, ROUTES, A.shape[1], height, width):
+            raise ValueError(f'{name} must be {(batch, ROUTES, A.shape[1], height, width)}, got {tuple(t.shape)}')
+    for name, t in (('D', D), ('delta_bias', delta_bias)):
+        if t is not None and t.shape != (ROUTES * channels,):
+            raise ValueError(f'{name} must be ({ROUTES * channels},), got {tuple(t.shape)}')
+
+
+def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                         D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
+                         delta_softplus: bool = True, float32_output: bool = True) -> torch.Tensor:
+    """Fused cross selective scan; arguments as :func:`reference.cross_selective_scan`. Returns (B, C, H*W), a
+    transposed view of a channel-last (B, H*W, C) float32 buffer (a copy in x's dtype if ``float32_output`` is
+    False)."""
+    args = (x, delta, A, B, C, D, delta_bias)
+    if _is_float64(*args):
+        return reference.cross_selective_scan(*args, delta_softplus, float32_output)
+    _check_cross_inputs(*args)
+    if _needs_grad(*args):
+        return CrossSelectiveScan.apply(*args, delta_softplus, float32_output)
+    with torch.no_grad():
+        return CrossSelectiveScan.forward(_NoCtx(), *args, delta_softplus, float32_output)

@@ -1,0 +1,395 @@
+"""The Triton backend against the float64 reference, forward and every input gradient.
+
+CPU (CI): the kernels run under Triton's interpreter on tiny shapes. TRITON_INTERPRET must be set before triton is
+imported, so each interpreter test runs this file as a script in a fresh process (``python tests/test_ops_triton.py
+CASE``). GPU (marked ``gpu``): dtypes fp32/bf16/fp16, d_state 1..64, lengths 15..65536, channel-last inputs as the
+model passes them. Outputs of the backend are allocated NaN-filled during its calls, so an element a kernel fails to
+write shows up as NaN.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if __name__ == '__main__':  # an interpreter case: set before triton is imported; the plain ops package, no mmengine
+    os.environ['TRITON_INTERPRET'] = '1'
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    import ops
+else:
+    try:
+        from mmvmamba import ops
+    except ImportError:  # no mmengine (the bare GPU machine): the ops package alone, from the repository root
+        import ops
+
+triton = pytest.importorskip('triton')
+tl = triton.language
+reference = importlib.import_module(f'{ops.__name__}.reference')
+triton_backend = importlib.import_module(f'{ops.__name__}.triton_backend')
+kernels = triton_backend.kernels
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+_seeds = itertools.count(20260)
+FP32_TOL, HALF_TOL = 1e-4, 1e-2
+
+
+def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    return FP32_TOL if dtype == torch.float32 else HALF_TOL
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """torch.empty / empty_like / new_empty return NaN-filled tensors inside the block."""
+    empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
+
+    def poison(t):
+        return t.fill_(float('nan')) if t.is_floating_point() else t
+
+    torch.empty = lambda *a, **k: poison(empty(*a, **k))
+    torch.empty_like = lambda *a, **k: poison(empty_like(*a, **k))
+    torch.Tensor.new_empty = lambda self, *a, **k: poison(new_empty(self, *a, **k))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = empty, empty_like, new_empty
+
+
+def make_generator(device: str) -> torch.Generator:
+    return torch.Generator(device).manual_seed(next(_seeds))
+
+
+def scan_inputs(batch, channels, n_state, length, groups, dtype, device, with_d_and_bias=True, softplus=True):
+    """Random (never zero) inputs of the selective scan; u, delta, B, C in ``dtype``, A, D, bias float32."""
+    g = make_generator(device)
+
+    def rand(*shape, scale=1.0, shift=0.0, dt=dtype):
+        return (torch.randn(*shape, generator=g, device=device) * scale + shift).to(dt)
+
+    x = dict(u=rand(batch, channels, length), delta=rand(batch, channels, length, scale=0.5),
+             A=-torch.rand(channels, n_state, generator=g, device=device) * 2 - 0.1,
+             B=rand(batch, groups, n_state, length), C=rand(batch, groups, n_state, length),
+             D=rand(channels, dt=torch.float32) if with_d_and_bias else None,
+             delta_bias=rand(channels, scale=0.5, shift=-1.0, dt=torch.float32) if with_d_and_bias else None)
+    if not softplus:  # dt = delta + bias itself: keep it positive, as softplus would
+        x['delta'] = x['delta'].abs() + 0.05
+        if with_d_and_bias:
+            x['delta_bias'] = x['delta_bias'].abs()
+    return x
+
+
+def cross_inputs(batch, channels, n_state, height, width, dtype, device, dt_rank=3):
+    """Inputs laid out as the model produces them: channel-last x, delta from an einsum, B/C as views of one
+    (B, H, W, 4, R + 2N) projection."""
+    g = make_generator(device)
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=g, device=device) * scale + shift
+
+    x_dbl = rand(batch, height, width, 4, dt_rank + 2 * n_state).to(dtype)
+    dt_low, b, c = x_dbl.split([dt_rank, n_state, n_state], dim=-1)
+    delta = torch.einsum('bhwkr,kdr->bkdhw', dt_low, rand(4, channels, dt_rank, scale=0.5).to(dtype))
+    return dict(x=rand(batch, height, width, channels).to(dtype).permute(0, 3, 1, 2), delta=delta,
+                A=-torch.rand(4 * channels, n_state, generator=g, device=device) * 2 - 0.1,
+                B=b.permute(0, 3, 4, 1, 2), C=c.permute(0, 3, 4, 1, 2), D=rand(4 * channels),
+                delta_bias=rand(4 * channels, scale=0.5, shift=-1.0))
+
+
+def leaves(x: dict) -> dict:
+    return {k: (None if v is None else v.detach().clone().requires_grad_()) for k, v in x.items()}
+
+
+def float64_leaves(x: dict) -> dict:
+    return {k: (None if v is None else v.detach().double().requires_grad_()) for k, v in x.items()}
+
+
+def run_backend(fn, x: dict, grad_seed: int, **kwargs):
+    """Forward and backward of ``fn`` under poisoned allocations, upstream gradient drawn from ``grad_seed``;
+    returns (output, upstream gradient, leaves)."""
+    xs = leaves(x)
+    with poisoned_allocations():
+        out = fn(**xs, **kwargs)
+    y = out[0] if isinstance(out, tuple) else out
+    g = torch.Generator(y.device.type).manual_seed(grad_seed)
+    gy = torch.randn(y.shape, generator=g, device=y.device).to(y.dtype)
+    with poisoned_allocations():
+        y.backward(gy)
+    return out, gy, xs
+
+
+def check_against_reference(fn, ref_fn, x: dict, dtype: torch.dtype, **kwargs):
+    """``fn`` (Triton) vs ``ref_fn`` in float64 from the same inputs: output and every input gradient."""
+    out, gy, xs = run_backend(fn, x, next(_seeds), **kwargs)
+    y = out[0] if isinstance(out, tuple) else out
+    xr = float64_leaves(x)
+    out_ref = ref_fn(**xr, **kwargs)
+    y_ref = out_ref[0] if isinstance(out_ref, tuple) else out_ref
+    y_ref.backward(gy.double())
+    tol = tolerance(dtype)
+    errors = {'y': rel_l2(y, y_ref)}
+    if isinstance(out, tuple):
+        errors['last_state'] = rel_l2(out[1], out_ref[1])
+    for name, leaf in xs.items():
+        if leaf is not None:
+            assert leaf.grad is not None and leaf.grad.dtype == leaf.dtype, name
+            errors[f'd{name}'] = rel_l2(leaf.grad, xr[name].grad)
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f'rel. L2 errors over {tol}: {bad} (all: {errors})'
+    return y
+
+
+def check_selective_scan(batch, channels, n_state, length, groups, dtype, device, with_d_and_bias=True,
+                         softplus=True, float32_output=True):
+    x = scan_inputs(batch, channels, n_state, length, groups, dtype, device, with_d_and_bias, softplus)
+    y = check_against_reference(triton_backend.selective_scan, reference.selective_scan, x, dtype,
+                                delta_softplus=softplus, return_last_state=True, float32_output=float32_output)
+    assert y.dtype == (torch.float32 if float32_output else dtype) and y.shape == (batch, channels, length)
+
+
+def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, device):
+    x = cross_inputs(batch, channels, n_state, height, width, dtype, device)
+    y = check_against_reference(triton_backend.cross_selective_scan, reference.cross_selective_scan, x, dtype)
+    assert y.dtype == torch.float32 and y.shape == (batch, channels, height * width)
+    assert y.transpose(1, 2).is_contiguous()  # a view of a channel-last (B, L, C) buffer
+    # the fused kernel equals the composition of the unfused Triton operators (forward and gradients)
+    seed = next(_seeds)
+    fused = run_backend(triton_backend.cross_selective_scan, x, seed)
+    composed = run_backend(composed_cross_selective_scan, x, seed)
+    tol = tolerance(dtype)
+    assert rel_l2(fused[0], composed[0]) <= tol
+    for name in x:
+        assert rel_l2(fused[2][name].grad, composed[2][name].grad) <= tol, name
+
+
+def composed_cross_selective_scan(x, delta, A, B, C, D, delta_bias):
+    tb = triton_backend
+    batch, channels, height, width = x.shape
+    ys = tb.selective_scan(tb.cross_scan(x).flatten(1, 2), tb.cross_scan(delta).flatten(1, 2), A, tb.cross_scan(B),
+                           tb.cross_scan(C), D, delta_bias)
+    return tb.cross_merge(ys.view(batch, 4, channels, height, width))
+
+
+def check_cross_scan_and_merge(batch, channels, height, width, dtype, device):
+    g = make_generator(device)
+    x = torch.randn(batch, height, width, channels, generator=g, device=device).to(dtype).permute(0, 3, 1, 2)
+    per_route = torch.randn(batch, 4, channels, height, width, generator=g, device=device).to(dtype)
+    for fn, ref_fn, inp in ((triton_backend.cross_scan, reference.cross_scan, dict(x=x)),
+                            (triton_backend.cross_scan, reference.cross_scan, dict(x=per_route)),
+                            (triton_backend.cross_merge, reference.cross_merge, dict(y=per_route))):
+        y = check_against_reference(fn, ref_fn, inp, dtype)
+        assert y.dtype == dtype and y.is_contiguous()
+
+
+@triton.jit
+def _look_back_probe(flag_ptr, agg_ptr, incl_ptr, out_ptr, s, n_seg, REVERSE: tl.constexpr, NP: tl.constexpr,
+                     BC: tl.constexpr, WIN: tl.constexpr):
+    offs = tl.arange(0, NP)[:, None] * BC + tl.arange(0, BC)[None, :]
+    carry = kernels._look_back(flag_ptr, agg_ptr, incl_ptr, s, n_seg, 2 * NP * BC, NP * BC, offs, offs, offs >= 0,
+                               REVERSE, NP, BC, WIN)
+    tl.store(out_ptr + offs, carry)
+
+
+def check_look_back(device, n_seg=9, n_pad=2, bc=4, win=4):
+    """Chunks published as aggregates or inclusive states in every mix: the carry composes the aggregates up to
+    the nearest inclusive state, through several windows. (In a real launch under the interpreter, programs run one
+    after another, so the predecessor is always inclusive and only this probe reaches the aggregate path.)"""
+    g = make_generator(device)
+    for reverse, trial in itertools.product((False, True), range(4)):
+        flags = torch.randint(1, 3, (n_seg,), generator=g, device=device, dtype=torch.int32)
+        if trial < 2:
+            flags.fill_(1)  # aggregates only: the composition must run back to the row's start (or end)
+        agg = torch.rand(n_seg, 2, n_pad, bc, generator=g, device=device)
+        incl = torch.randn(n_seg, n_pad, bc, generator=g, device=device)
+        for s in range(n_seg):
+            out = torch.full((n_pad, bc), float('nan'), device=device)
+            _look_back_probe[(1,)](flags, agg, incl, out, s, n_seg, REVERSE=reverse, NP=n_pad, BC=bc, WIN=win)
+            order = range(s + 1, n_seg) if reverse else range(s - 1, -1, -1)
+            closer = []  # chunks between s and the nearest inclusive one, nearest first
+            carry = torch.zeros(n_pad, bc, device=device)
+            for j in order:
+                if flags[j] == 2:
+                    carry = incl[j]
+                    break
+                closer.append(j)
+            for j in reversed(closer):
+                carry = agg[j, 0] * carry + agg[j, 1]
+            assert torch.allclose(out, carry, rtol=1e-5, atol=1e-6), (reverse, trial, s)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CPU: Triton's interpreter, in a fresh process
+
+
+def interpreter_cross(device='cpu'):
+    for shape, dtype in (((2, 3, 5, 7), torch.float32), ((1, 4, 1, 6), torch.float32), ((2, 5, 4, 3), torch.bfloat16)):
+        check_cross_scan_and_merge(*shape, dtype, device)
+
+
+def interpreter_scan(device='cpu'):
+    check_selective_scan(1, 12, 3, 40, 1, torch.float32, device)  # 3 channel blocks, 3 chunks
+    check_selective_scan(2, 4, 1, 15, 2, torch.float32, device, with_d_and_bias=False, softplus=False)
+    check_selective_scan(1, 6, 2, 33, 3, torch.bfloat16, device, float32_output=False)
+
+
+def interpreter_segments(device='cpu'):
+    """Rows cut into segments chained by the look-back, prefetch depths 1 and 3."""
+    with triton_backend.tile_config(T=8, min_seg=3, PF_fwd=3, PF_bwd=1):
+        check_selective_scan(1, 6, 2, 45, 2, torch.float32, device)
+    with triton_backend.tile_config(T=8, min_seg=2, PF_fwd=1, PF_bwd=3):
+        check_cross_selective_scan(1, 3, 1, 3, 7, torch.float32, device)
+
+
+def interpreter_look_back(device='cpu'):
+    check_look_back(device)
+
+
+def interpreter_fused(device='cpu'):
+    check_cross_selective_scan(1, 3, 1, 3, 5, torch.float32, device)
+
+
+def interpreter_fused_half(device='cpu'):
+    with triton_backend.tile_config(T=8):  # 3 chunks per route
+        check_cross_selective_scan(1, 2, 2, 4, 5, torch.float16, device)
+
+
+INTERPRETER_CASES = {f.__name__: f for f in (interpreter_cross, interpreter_scan, interpreter_segments,
+                                             interpreter_look_back, interpreter_fused, interpreter_fused_half)}
+
+
+@pytest.mark.parametrize('case', sorted(INTERPRETER_CASES))
+def test_kernels_under_the_interpreter(case):
+    done = subprocess.run([sys.executable, __file__, case], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'TRITON_INTERPRET': '1'})
+    assert done.returncode == 0, f'{case} failed under TRITON_INTERPRET=1:\n{done.stdout}\n{done.stderr}'
+    assert f'{case}: ok' in done.stdout
+
+
+def test_fp64_inputs_use_the_reference():
+    x = scan_inputs(1, 4, 2, 20, 2, torch.float64, 'cpu')
+    assert torch.equal(triton_backend.selective_scan(**x), reference.selective_scan(**x))
+    img = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    assert torch.equal(triton_backend.cross_scan(img), reference.cross_scan(img))
+
+
+def test_shape_errors():
+    x = cross_inputs(1, 2, 1, 3, 4, torch.float32, 'cpu')
+    with pytest.raises(ValueError, match='delta must be'):
+        triton_backend.cross_selective_scan(**{**x, 'delta': x['delta'][:, :3]})
+    with pytest.raises(ValueError, match='A must be'):
+        triton_backend.cross_selective_scan(**{**x, 'A': x['A'][:5]})
+    with pytest.raises(ValueError, match='cross_merge expects'):
+        triton_backend.cross_merge(torch.randn(1, 3, 2, 2, 2))
+    s = scan_inputs(1, 4, 2, 10, 2, torch.float32, 'cpu')
+    with pytest.raises(ValueError, match='do not divide'):
+        triton_backend.selective_scan(**{**s, 'B': torch.randn(1, 3, 2, 10)})
+
+
+def test_tile_config_override_is_scoped():
+    default = triton_backend.scan_config(1, 96, 3136)
+    with triton_backend.tile_config(T=8, GB=3):
+        assert triton_backend.scan_config(1, 96, 3136).T == 8
+        with triton_backend.tile_config(GB=5):
+            assert triton_backend.scan_config(1, 96, 3136).GB == 5
+        assert triton_backend.scan_config(1, 96, 3136).GB == 3
+    assert triton_backend.scan_config(1, 96, 3136) == default
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GPU
+
+gpu = pytest.mark.gpu
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+
+
+@gpu
+@pytest.mark.parametrize('batch,channels,n_state,length,groups,dtype,with_d_and_bias,softplus', [
+    (2, 8, 1, 15, 2, F32, True, True),
+    (1, 12, 4, 1000, 3, F32, True, True),
+    (2, 6, 16, 64, 1, F32, False, True),
+    (1, 4, 64, 3136, 2, F32, True, True),
+    (1, 2, 1, 65536, 1, F32, True, True),
+    (1, 6, 3, 200, 3, F32, True, False),
+    (2, 16, 1, 3136, 4, BF16, True, True),
+    (1, 4, 16, 65536, 2, BF16, True, True),
+    (1, 8, 64, 64, 2, BF16, True, True),
+    (1, 8, 4, 1000, 2, F16, True, True),
+    (2, 5, 16, 15, 5, F16, False, False),
+    (1, 4, 1, 65536, 4, F16, True, True),
+])
+def test_selective_scan_gpu(batch, channels, n_state, length, groups, dtype, with_d_and_bias, softplus):
+    check_selective_scan(batch, channels, n_state, length, groups, dtype, 'cuda', with_d_and_bias, softplus)
+
+
+@gpu
+@pytest.mark.parametrize('T,BC,WIN,GB,min_seg,PF', [(8, 4, 2, 1, 300, 1), (8, 8, 2, 1000, 40, 3),
+                                                    (16, 32, 16, 3, 4, 2)])
+def test_selective_scan_gpu_small_tiles(T, BC, WIN, GB, min_seg, PF):
+    """Many segments per row, so the look-back walks several windows of aggregates while predecessors run."""
+    with triton_backend.tile_config(T=T, BC=BC, WIN=WIN, GB=GB, min_seg=min_seg, PF_fwd=PF, PF_bwd=PF):
+        check_selective_scan(3, 40, 1, 3000, 4, F32, 'cuda')
+        check_selective_scan(2, 8, 4, 517, 2, BF16, 'cuda')
+
+
+@gpu
+def test_selective_scan_gpu_no_grad_and_output_dtype():
+    x = scan_inputs(2, 8, 4, 300, 2, BF16, 'cuda')
+    with torch.no_grad():
+        y = triton_backend.selective_scan(**x, float32_output=False)
+    assert y.dtype == BF16
+    assert rel_l2(y, reference.selective_scan(**{k: v.double() for k, v in x.items()})) <= HALF_TOL
+
+
+@gpu
+@pytest.mark.parametrize('batch,channels,n_state,height,width,dtype', [
+    (2, 8, 1, 7, 9, F32),
+    (1, 40, 1, 56, 56, F32),
+    (2, 16, 1, 56, 56, BF16),
+    (1, 4, 4, 200, 304, F32),
+    (1, 6, 16, 14, 14, F16),
+    (1, 3, 64, 7, 9, BF16),
+    (1, 96, 1, 25, 38, BF16),
+])
+def test_cross_selective_scan_gpu(batch, channels, n_state, height, width, dtype):
+    check_cross_selective_scan(batch, channels, n_state, height, width, dtype, 'cuda')
+
+
+@gpu
+def test_fused_gpu_small_tiles():
+    with triton_backend.tile_config(T=8, BC=4, WIN=2, GB=2, min_seg=5):
+        check_cross_selective_scan(2, 10, 1, 13, 11, F32, 'cuda')
+
+
+@gpu
+@pytest.mark.parametrize('dtype', [F32, BF16, F16])
+@pytest.mark.parametrize('shape', [(2, 3, 7, 9), (1, 96, 56, 56), (1, 8, 200, 304)])
+def test_cross_scan_and_merge_gpu(shape, dtype):
+    check_cross_scan_and_merge(*shape, dtype, 'cuda')
+
+
+@gpu
+def test_look_back_gpu():
+    check_look_back('cuda')
+
+
+@gpu
+def test_dispatch_picks_triton_on_cuda():
+    x = cross_inputs(1, 4, 1, 5, 6, F32, 'cuda')
+    assert rel_l2(ops.cross_selective_scan(**x), triton_backend.cross_selective_scan(**x)) <= 1e-6
+    assert ops.dispatch.resolve('cross_selective_scan', 'cuda', None) is triton_backend.cross_selective_scan
+
+
+if __name__ == '__main__':
+    for name in sys.argv[1:]:
+        INTERPRETER_CASES[name]()
+        print(f'{name}: ok')

@@ -1,0 +1,203 @@
+"""Time VMamba's scan operators at VMamba-T stage shapes and print one table.
+
+For each shape: forward and forward+backward of the cross selective scan through the reference (small shapes only:
+it materialises every per-step state), the unfused Triton path (cross_scan -> selective_scan -> cross_merge), the
+fused Triton kernel, and mamba_ssm's selective scan between the Triton cross-scan/merge when mamba_ssm imports.
+Inputs are laid out as the model makes them (channel-last x, delta from an einsum, B/C as views of one projection),
+u/delta/B/C in ``--dtype`` (bf16 by default, as in training), A/D/bias float32, float32 output.
+
+Time: ``triton.testing.do_bench`` median (L2 flushed before each run, warm-up excluded). Bandwidth: the bytes the
+fused operator must move, each input read once and each output written once (forward: x, delta, B, C, y; backward
+adds the output gradient read and the gradients of x, delta, B, C written), over the time; the same byte count for
+every implementation. Device copy bandwidth: a 1 GiB device-to-device copy, bytes read plus written.
+
+    python tools/analysis/benchmark_ops.py                       # the table
+    python tools/analysis/benchmark_ops.py --sweep               # Triton tile configurations of the fused kernel
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import itertools
+import pathlib
+import sys
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+try:
+    from mmvmamba import ops
+except ImportError:  # no mmengine installed: the ops package alone, from the repository root
+    import ops
+
+reference = importlib.import_module(f'{ops.__name__}.reference')
+triton_backend = importlib.import_module(f'{ops.__name__}.triton_backend')
+try:
+    mamba_ssm_backend = importlib.import_module(f'{ops.__name__}.mamba_ssm_backend')
+except ImportError:
+    mamba_ssm_backend = None
+
+import triton  # noqa: E402  (after the backend, which needs it anyway)
+
+CLASSIFICATION = [(128, 56, 56, 96), (128, 28, 28, 192), (128, 14, 14, 384), (128, 7, 7, 768)]
+DETECTION = [(2, 200, 304, 96), (2, 100, 152, 192), (2, 50, 76, 384), (2, 25, 38, 768)]
+DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
+# --sweep: tile configurations of the fused kernel (fields of triton_backend.TileConfig over its defaults), at
+# stage-1 and stage-3 classification and stage-1 detection shapes
+SWEEP = [{}, dict(PF_fwd=1), dict(PF_fwd=3), dict(PF_bwd=2), dict(warps_fwd=2, warps_bwd=2),
+         dict(BC=64), dict(BC=16, warps_fwd=2, warps_bwd=2), dict(T=16, warps_fwd=8, warps_bwd=8),
+         dict(programs=4096), dict(min_seg=4)]
+SWEEP_SHAPES = [CLASSIFICATION[0], CLASSIFICATION[2], DETECTION[0]]
+
+
+@dataclasses.dataclass
+class Case:
+    batch: int
+    height: int
+    width: int
+    channels: int
+    n_state: int
+    dtype: torch.dtype
+
+    @property
+    def length(self) -> int:
+        return self.height * self.width
+
+    def label(self) -> str:
+        return f'B{self.batch} {self.height}x{self.width} C{self.channels}'
+
+    def bytes_moved(self, backward: bool) -> int:
+        """x + delta (4 routes) + B, C (4 routes) read, y (float32) written; the backward also reads the output
+        gradient and writes gradients of x, delta, B, C in the inputs' dtype."""
+        s = torch.finfo(self.dtype).bits // 8
+        elems = self.batch * self.channels * self.length
+        states = self.batch * 4 * self.n_state * self.length
+        forward = elems * s + 4 * elems * s + 2 * states * s + elems * 4
+        return forward + (elems * 4 + elems * s + 4 * elems * s + 2 * states * s if backward else 0)
+
+    def inputs(self, requires_grad: bool) -> dict:
+        b, h, w, c, n = self.batch, self.height, self.width, self.channels, self.n_state
+        rank = -(-c // 16)
+        dev = 'cuda'
+        x_dbl = torch.randn(b, h, w, 4, rank + 2 * n, device=dev).to(self.dtype)
+        dt_low, bs, cs = x_dbl.split([rank, n, n], dim=-1)
+        dt_w = (torch.rand(4, c, rank, device=dev) * 2 - 1).mul_(rank ** -0.5).to(self.dtype)
+        dt = torch.exp(torch.rand(4 * c, device=dev) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
+                       + torch.log(torch.tensor(1e-3)))
+        x = dict(x=torch.randn(b, h, w, c, device=dev).to(self.dtype).permute(0, 3, 1, 2),
+                 delta=torch.einsum('bhwkr,kdr->bkdhw', dt_low, dt_w), A=-torch.exp(torch.rand(4 * c, n, device=dev)),
+                 B=bs.permute(0, 3, 4, 1, 2), C=cs.permute(0, 3, 4, 1, 2), D=torch.ones(4 * c, device=dev),
+                 delta_bias=dt + torch.log(-torch.expm1(-dt)))
+        if requires_grad:
+            x = {k: v.detach().requires_grad_() for k, v in x.items()}
+        return x
+
+
+def unfused(scan_fn, cross_scan, cross_merge):
+    def run(x, delta, A, B, C, D, delta_bias):
+        batch, channels, height, width = x.shape
+        ys = scan_fn(cross_scan(x).flatten(1, 2), cross_scan(delta).flatten(1, 2), A, cross_scan(B), cross_scan(C),
+                     D, delta_bias, True, False, True)
+        return cross_merge(ys.view(batch, 4, channels, height, width))
+    return run
+
+
+def implementations() -> dict:
+    tb = triton_backend
+    impls = {'reference': reference.cross_selective_scan,
+             'triton unfused': unfused(tb.selective_scan, tb.cross_scan, tb.cross_merge),
+             'triton fused': tb.cross_selective_scan}
+    if mamba_ssm_backend is not None:
+        impls['mamba_ssm unfused'] = unfused(mamba_ssm_backend.selective_scan, tb.cross_scan, tb.cross_merge)
+    return impls
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode='median')
+
+
+def time_case(fn, case: Case) -> tuple[float, float]:
+    """Median milliseconds of the forward (no autograd) and of forward + backward."""
+    x = case.inputs(requires_grad=False)
+    with torch.no_grad():
+        fwd = bench(lambda: fn(**x))
+    xg = case.inputs(requires_grad=True)
+    leaves = list(xg.values())
+    with torch.no_grad():
+        gy = torch.randn_like(fn(**xg))
+    fwd_bwd = bench(lambda: torch.autograd.grad(fn(**xg), leaves, gy))
+    return fwd, fwd_bwd
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB, bytes read + written per second."""
+    src = torch.randn(2 ** 28, device='cuda')
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def header(copy_bw: float, args) -> list[str]:
+    props = torch.cuda.get_device_properties(0)
+    return [f'GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, '
+            f'triton {triton.__version__}, mamba_ssm {"yes" if mamba_ssm_backend else "not installed"}',
+            f'inputs {args.dtype}, d_state {args.d_state}, float32 output; device copy bandwidth '
+            f'{copy_bw / 1e12:.2f} TB/s; bandwidth = bytes that must move / time (see --help)']
+
+
+def print_table(lines: list[str], rows: list[tuple]) -> None:
+    cols = ('shape', 'implementation', 'fwd ms', 'fwd TB/s', 'fwd %copy', 'fwd+bwd ms', 'fwd+bwd TB/s',
+            'fwd+bwd %copy')
+    widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
+    print('\n'.join(lines))
+    print(' | '.join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    print('-|-'.join('-' * w for w in widths))
+    for r in rows:
+        print(' | '.join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def row(label: str, name: str, case: Case, times: tuple[float, float], copy_bw: float) -> tuple:
+    out = [label, name]
+    for ms, backward in zip(times, (False, True), strict=True):
+        bw = case.bytes_moved(backward) / (ms * 1e-3)
+        out += [f'{ms:.3f}', f'{bw / 1e12:.2f}', f'{100 * bw / copy_bw:.0f}%']
+    return tuple(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='bf16', help='dtype of u, delta, B, C')
+    parser.add_argument('--d-state', type=int, default=1)
+    parser.add_argument('--shapes', choices=('all', 'classification', 'detection'), default='all')
+    parser.add_argument('--reference-max-elements', type=float, default=1e7,
+                        help='time the reference only where batch * C * H * W is at most this (default 1e7)')
+    parser.add_argument('--sweep', action='store_true',
+                        help='time the fused Triton kernel over tile configurations (see SWEEP) at three of the '
+                             'shapes')
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    shapes = {'all': CLASSIFICATION + DETECTION, 'classification': CLASSIFICATION, 'detection': DETECTION}[args.shapes]
+    if args.sweep:
+        shapes = [s for s in SWEEP_SHAPES if s in shapes]
+    cases = [Case(*s, args.d_state, DTYPES[args.dtype]) for s in shapes]
+    copy_bw = copy_bandwidth()
+    rows = []
+    if args.sweep:
+        for case, cfg in itertools.product(cases, SWEEP):
+            with triton_backend.tile_config(**cfg):
+                name = ' '.join(f'{k}={v}' for k, v in cfg.items()) or 'default'
+                rows.append(row(case.label(), name, case, time_case(triton_backend.cross_selective_scan, case),
+                                copy_bw))
+    else:
+        for case in cases:
+            for name, fn in implementations().items():
+                if name == 'reference' and case.batch * case.channels * case.length > args.reference_max_elements:
+                    continue
+                rows.append(row(case.label(), name, case, time_case(fn, case), copy_bw))
+    print_table(header(copy_bw, args), rows)
+
+
+if __name__ == '__main__':
+    main()
