@@ -1,0 +1,176 @@
+"""tools/dist_train.sh and tools/dist_test.sh end to end on the demo data: 1 and 2 processes (gloo on CPU), TTA,
+resuming a killed run, mixed precision. Runs are a few iterations long; the tests check plumbing, not accuracy."""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {'mask_rcnn': 'configs/demo/mask_rcnn_vmamba_demo.py', 'upernet': 'configs/demo/upernet_vmamba_demo.py'}
+METRICS = {'mask_rcnn': ('coco/bbox_mAP', 'coco/segm_mAP'), 'upernet': ('mIoU', 'aAcc')}
+
+
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('demo_data')
+    subprocess.run([sys.executable, 'tools/make_demo_data.py', '--out', str(out), '--num-train', '8', '--num-val',
+                    '3'], cwd=ROOT, check=True, capture_output=True)
+    return out
+
+
+def demo_options(task: str, data: Path, iters: int, checkpoint_interval: int | None = None) -> list[str]:
+    """--cfg-options for a short demo run on the data in ``data``, logging every iteration."""
+    if task == 'mask_rcnn':
+        root, ann = f'{data}/coco/', f'{data}/coco/annotations/instances_val2017.json'
+        options = [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'test')]
+        options.append(f'test_evaluator.ann_file={ann}')
+    else:
+        root = f'{data}/ade/ADEChallengeData2016'
+        options = [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'test')]
+    checkpoint_interval = checkpoint_interval or iters
+    return options + [f'train_cfg.max_iters={iters}', 'default_hooks.logger.interval=1',
+                      f'default_hooks.checkpoint.interval={checkpoint_interval}']
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def tool_env() -> dict[str, str]:
+    """The tools on CPU, one thread per process, a free port for torchrun."""
+    return dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+
+
+def run(args: list[str], timeout: int = 300) -> str:
+    result = subprocess.run(args, cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=timeout,
+                            check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f'{" ".join(args)} failed:\n{output[-6000:]}'
+    return output
+
+
+def parse_metrics(output: str) -> dict[str, float]:
+    lines = [line for line in output.splitlines() if line.startswith('metrics: ')]
+    assert lines, f'no metrics line in the output:\n{output[-3000:]}'
+    return json.loads(lines[-1][len('metrics: '):])
+
+
+def train_losses(output: str) -> list[float]:
+    return [float(v) for v in re.findall(r'Iter\(train\) \[ *\d+/\d+\].*?\sloss: (\S+)', output)]
+
+
+@pytest.mark.parametrize('procs', [1, 2])
+@pytest.mark.parametrize('task', ['mask_rcnn', 'upernet'])
+def test_dist_train_then_test(task, procs, demo_data, tmp_path):
+    """Train 2 iterations with dist_train.sh, test the saved checkpoint with dist_test.sh (2 processes: with TTA) and
+    parse the metrics."""
+    config, work = CONFIGS[task], tmp_path / 'work'
+    options = demo_options(task, demo_data, iters=2)
+    log = run(['bash', 'tools/dist_train.sh', config, str(procs), '--work-dir', str(work), '--cfg-options', *options])
+    losses = train_losses(log)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
+    if procs > 1:
+        assert 'rank 0 of 2 runs on CPU with gloo' in log and 'Distributed training: True' in log
+    checkpoint = work / 'iter_2.pth'
+    assert (work / 'last_checkpoint').read_text().strip() == str(checkpoint)
+    aug = ['--aug-test'] if procs > 1 else []
+    output = run(['bash', 'tools/dist_test.sh', config, str(checkpoint), str(procs), '--work-dir',
+                  str(tmp_path / 'test'), *aug, '--cfg-options', *options])
+    assert f'Load checkpoint from {checkpoint}' in output
+    metrics = parse_metrics(output)
+    for key in METRICS[task]:
+        assert 0 <= metrics[key] <= (1 if task == 'mask_rcnn' else 100), (key, metrics)
+
+
+def test_resume_after_kill(demo_data, tmp_path):
+    """Kill a training run after its first checkpoint, resume it with --resume and let it finish."""
+    config, work, iters = CONFIGS['upernet'], tmp_path / 'work', 6
+    args = ['bash', 'tools/dist_train.sh', config, '1', '--work-dir', str(work), '--cfg-options',
+            *demo_options('upernet', demo_data, iters=iters, checkpoint_interval=2)]
+    process = subprocess.Popen(args, cwd=ROOT, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = work / 'last_checkpoint'
+    deadline = time.monotonic() + 240
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists(), 'the run stopped or timed out before its first checkpoint'
+    killed_at = torch.load(last.read_text().strip(), map_location='cpu', weights_only=False)['meta']['iter']
+    assert 2 <= killed_at < iters and not (work / f'iter_{iters}.pth').exists()
+
+    output = run(args + ['--resume'])
+    assert f'resumed epoch: 0, iter: {killed_at}' in output
+    logged = [int(i) for i in re.findall(r'Iter\(train\) \[ *(\d+)/', output)]
+    assert logged == list(range(killed_at + 1, iters + 1))
+    final = torch.load(work / f'iter_{iters}.pth', map_location='cpu', weights_only=False)
+    assert final['meta']['iter'] == iters
+    steps = {float(state['step']) for state in final['optimizer']['state'].values()}
+    assert steps == {float(iters)}, 'AdamW step counts must continue from the checkpoint, not restart'
+
+
+def test_amp_training_losses_are_finite(demo_data, tmp_path):
+    """--amp on CPU: bfloat16 autocast (MMEngine's AmpOptimWrapper needs CUDA)."""
+    config, work = CONFIGS['upernet'], tmp_path / 'work'
+    log = run([sys.executable, 'tools/train.py', config, '--amp', '--work-dir', str(work), '--cfg-options',
+               *demo_options('upernet', demo_data, iters=3)])
+    losses = train_losses(log)
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses), losses
+    assert "type='CPUAutocastOptimWrapper'" in (work / Path(config).name).read_text()
+
+
+def import_train_tool():
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try:
+        return importlib.import_module('train')
+    finally:
+        sys.path.remove(str(ROOT / 'tools'))
+
+
+def test_cpu_autocast_optim_wrapper_runs_forward_in_bfloat16():
+    train = import_train_tool()
+    layer = torch.nn.Linear(4, 4)
+    wrapper = train.CPUAutocastOptimWrapper(optimizer=torch.optim.SGD(layer.parameters(), lr=0.1))
+    with wrapper.optim_context(layer):
+        out = layer(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16
+    wrapper.update_params(out.float().square().mean())
+    assert layer.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize('cuda', [False, True])
+def test_amp_settings(cuda, monkeypatch):
+    """--amp: AmpOptimWrapper on CUDA (fp16 by default), bf16 autocast on CPU; bfloat16 is refused for detectors,
+    whose mmcv ops (RoIAlign, NMS) have no bfloat16 kernels."""
+    from mmengine.config import Config
+    train = import_train_tool()
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+
+    def amp_wrapper(scope: str, amp: str) -> dict:
+        cfg = Config(dict(default_scope=scope, optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='AdamW'))))
+        train.setup_amp(cfg, amp)
+        return cfg.optim_wrapper
+
+    if cuda:
+        assert amp_wrapper('mmdet', 'default').type == 'AmpOptimWrapper'
+        assert amp_wrapper('mmseg', 'bf16').dtype == 'bfloat16'
+        assert amp_wrapper('mmseg', 'fp16').dtype == 'float16'
+    else:
+        assert amp_wrapper('mmseg', 'default').type == 'CPUAutocastOptimWrapper'
+        with pytest.raises(ValueError, match='needs CUDA'):
+            amp_wrapper('mmseg', 'fp16')
+    with pytest.raises(ValueError, match='bfloat16'):
+        amp_wrapper('mmdet', 'bf16' if cuda else 'default')
