@@ -101,11 +101,13 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                          D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
                          delta_softplus: bool = True, float32_output: bool = True,
-                         backend: str | None = None) -> torch.Tensor:
+                         delta_weight: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
     """Fused cross_scan -> selective_scan -> cross_merge on a (B, C, H, W) map; returns (B, C, H*W).
 
     delta: (B, 4, C, H, W) and B, C: (B, 4, N, H, W) are per route, in image coordinates; A: (4*C, N);
-    D, delta_bias: (4*C,). Fast backends apply the routes inside their loads and stores.
+    D, delta_bias: (4*C,). With ``delta_weight`` (4, C, R), delta is the rank-R (B, 4, R, H, W) input of that
+    projection (VMamba's dt_proj), which fast backends apply without storing the expanded delta. Fast backends apply
+    the routes inside their loads and stores.
     """
     fn = resolve('cross_selective_scan', _device_type(x), backend)
-    return fn(x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output)
+    return fn(x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output, delta_weight)

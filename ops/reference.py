@@ -175,11 +175,18 @@ def _check_scan_inputs(u, delta, A, B, C, D, delta_bias):
             raise ValueError(f'{name} must be ({channels},), got {tuple(t.shape)}')
 
 
-def _check_cross_inputs(x, delta, A, B, C, D, delta_bias):
+def _check_cross_inputs(x, delta, A, B, C, D, delta_bias, delta_weight=None):
     if x.dim() != 4:
         raise ValueError(f'x must be (batch, C, H, W), got {tuple(x.shape)}')
     batch, channels, height, width = x.shape
-    if delta.shape != (batch, ROUTES, channels, height, width):
+    if delta_weight is not None:
+        if delta_weight.dim() != 3 or delta_weight.shape[:2] != (ROUTES, channels):
+            raise ValueError(f'delta_weight must be (4, C={channels}, rank), got {tuple(delta_weight.shape)}')
+        expected = (batch, ROUTES, delta_weight.shape[2], height, width)
+        if delta.shape != expected:
+            raise ValueError(f'with delta_weight, delta must be (batch, 4, rank, H, W) = {expected}, '
+                             f'got {tuple(delta.shape)}')
+    elif delta.shape != (batch, ROUTES, channels, height, width):
         raise ValueError(f'delta must be (batch, 4, C, H, W) = {(batch, ROUTES, channels, height, width)}, '
                          f'got {tuple(delta.shape)}')
     if A.dim() != 2 or A.shape[0] != ROUTES * channels:
@@ -335,17 +342,22 @@ def _routes(x, pre, A, B, C, D, delta_softplus):
 
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                          D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
-                         delta_softplus: bool = True, float32_output: bool = True) -> torch.Tensor:
+                         delta_softplus: bool = True, float32_output: bool = True,
+                         delta_weight: torch.Tensor | None = None) -> torch.Tensor:
     """cross_scan -> selective_scan -> cross_merge without materialising the routes.
 
     Args:
         x: (batch, C, H, W), shared by the four routes.
         delta: (batch, 4, C, H, W); B, Cm: (batch, 4, N, H, W): route k reads its own maps, in image coordinates.
         A: (4 * C, N); D, delta_bias: (4 * C,) or None.
+        delta_weight: (4, C, R) or None. When given, delta is its rank-R input (batch, 4, R, H, W) and the scan uses
+            ``einsum('bkrhw,kcr->bkchw', delta, delta_weight)`` (VMamba's dt_proj; fast backends never store it).
     Returns:
         (batch, C, H * W) (a view of a channel-last buffer), float32 unless ``float32_output`` is False.
     """
-    _check_cross_inputs(x, delta, A, B, C, D, delta_bias)
+    _check_cross_inputs(x, delta, A, B, C, D, delta_bias, delta_weight)
+    if delta_weight is not None:
+        delta = torch.einsum('bkrhw,kcr->bkchw', delta, delta_weight.to(delta.dtype))
     channels = x.shape[1]
     dtype = _compute_dtype(x, delta, A, B, C)
     pre = delta.to(dtype)

@@ -196,7 +196,8 @@ def test_activation_map_is_the_scan_jacobian(arch):
     routes = activation_map.route_contributions(scan, query)
     x = scan['x'].double().requires_grad_()
     out = cross_selective_scan(x, scan['delta'].double(), scan['A'].double(), scan['B'].double(), scan['C'].double(),
-                               None, scan['delta_bias'].double(), True)
+                               None, scan['delta_bias'].double(), True,
+                               delta_weight=scan['delta_weight'].double())
     (grad,) = torch.autograd.grad(out[0, :, query[0] * width + query[1]].sum(), x)
     expected = grad[0].sum(0) / x.shape[1]
     assert torch.allclose(routes.sum(0), expected, rtol=1e-9, atol=1e-14)

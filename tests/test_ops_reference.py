@@ -189,3 +189,29 @@ def test_dispatch_on_cpu_and_errors():
     with pytest.raises(RuntimeError, match='cannot be used'):
         ops.cross_scan(x, backend='triton')
     assert set(ops.backend_status()) == set(ops.BACKENDS) and ops.backend_status()['reference'] == 'available'
+
+
+def test_cross_selective_scan_with_low_rank_delta():
+    x = cross_inputs(batch=2, channels=3, d_state=2, height=4, width=5)
+    rank = 2
+    low = torch.randn(2, 4, rank, 4, 5, dtype=torch.float64)
+    weight = torch.randn(4, 3, rank, dtype=torch.float64)
+    full = torch.einsum('bkrhw,kcr->bkchw', low, weight)
+    expected = ops.cross_selective_scan(**{**x, 'delta': full})
+    assert rel_l2(ops.cross_selective_scan(**{**x, 'delta': low}, delta_weight=weight), expected) <= 1e-12
+    with pytest.raises(ValueError, match='delta_weight must be'):
+        ops.cross_selective_scan(**{**x, 'delta': low}, delta_weight=weight[:, :2])
+    with pytest.raises(ValueError, match='rank'):
+        ops.cross_selective_scan(**x, delta_weight=weight)
+
+
+def test_cross_selective_scan_low_rank_gradcheck():
+    x = cross_inputs(batch=1, channels=2, d_state=1, height=3, width=3, requires_grad=True)
+    x['delta'] = torch.randn(1, 4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    names = [*x, 'delta_weight']
+    weight = (torch.randn(4, 2, 2, dtype=torch.float64) * 0.5).requires_grad_()
+
+    def scan(*a):
+        return ops.cross_selective_scan(**dict(zip(names, a, strict=True)))
+
+    assert torch.autograd.gradcheck(scan, (*x.values(), weight))

@@ -89,9 +89,10 @@ def scan_inputs(batch, channels, n_state, length, groups, dtype, device, with_d_
     return x
 
 
-def cross_inputs(batch, channels, n_state, height, width, dtype, device, dt_rank=3):
-    """Inputs laid out as the model produces them: channel-last x, delta from an einsum, B/C as views of one
-    (B, H, W, 4, R + 2N) projection."""
+def cross_inputs(batch, channels, n_state, height, width, dtype, device, dt_rank=3, low_rank=False):
+    """Inputs laid out as the model produces them: channel-last x, B/C (and the rank-R delta) as views of one
+    (B, H, W, 4, R + 2N) projection; delta from an einsum, or with ``low_rank`` the rank-R delta and its
+    float32 ``delta_weight`` (4, C, R) as the model passes them."""
     g = make_generator(device)
 
     def rand(*shape, scale=1.0, shift=0.0):
@@ -99,11 +100,15 @@ def cross_inputs(batch, channels, n_state, height, width, dtype, device, dt_rank
 
     x_dbl = rand(batch, height, width, 4, dt_rank + 2 * n_state).to(dtype)
     dt_low, b, c = x_dbl.split([dt_rank, n_state, n_state], dim=-1)
-    delta = torch.einsum('bhwkr,kdr->bkdhw', dt_low, rand(4, channels, dt_rank, scale=0.5).to(dtype))
-    return dict(x=rand(batch, height, width, channels).to(dtype).permute(0, 3, 1, 2), delta=delta,
-                A=-torch.rand(4 * channels, n_state, generator=g, device=device) * 2 - 0.1,
-                B=b.permute(0, 3, 4, 1, 2), C=c.permute(0, 3, 4, 1, 2), D=rand(4 * channels),
-                delta_bias=rand(4 * channels, scale=0.5, shift=-1.0))
+    weight = rand(4, channels, dt_rank, scale=0.5)
+    inputs = dict(x=rand(batch, height, width, channels).to(dtype).permute(0, 3, 1, 2),
+                  delta=torch.einsum('bhwkr,kdr->bkdhw', dt_low, weight.to(dtype)),
+                  A=-torch.rand(4 * channels, n_state, generator=g, device=device) * 2 - 0.1,
+                  B=b.permute(0, 3, 4, 1, 2), C=c.permute(0, 3, 4, 1, 2), D=rand(4 * channels),
+                  delta_bias=rand(4 * channels, scale=0.5, shift=-1.0))
+    if low_rank:
+        inputs.update(delta=dt_low.permute(0, 3, 4, 1, 2), delta_weight=weight)
+    return inputs
 
 
 def leaves(x: dict) -> dict:
@@ -157,8 +162,8 @@ def check_selective_scan(batch, channels, n_state, length, groups, dtype, device
     assert y.dtype == (torch.float32 if float32_output else dtype) and y.shape == (batch, channels, length)
 
 
-def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, device):
-    x = cross_inputs(batch, channels, n_state, height, width, dtype, device)
+def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, device, low_rank=False):
+    x = cross_inputs(batch, channels, n_state, height, width, dtype, device, low_rank=low_rank)
     y = check_against_reference(triton_backend.cross_selective_scan, reference.cross_selective_scan, x, dtype)
     assert y.dtype == torch.float32 and y.shape == (batch, channels, height * width)
     assert y.transpose(1, 2).is_contiguous()  # a view of a channel-last (B, L, C) buffer
@@ -172,9 +177,11 @@ def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, d
         assert rel_l2(fused[2][name].grad, composed[2][name].grad) <= tol, name
 
 
-def composed_cross_selective_scan(x, delta, A, B, C, D, delta_bias):
+def composed_cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_weight=None):
     tb = triton_backend
     batch, channels, height, width = x.shape
+    if delta_weight is not None:
+        delta = torch.einsum('bkrhw,kcr->bkchw', delta, delta_weight.to(delta.dtype))
     ys = tb.selective_scan(tb.cross_scan(x).flatten(1, 2), tb.cross_scan(delta).flatten(1, 2), A, tb.cross_scan(B),
                            tb.cross_scan(C), D, delta_bias)
     return tb.cross_merge(ys.view(batch, 4, channels, height, width))
@@ -263,8 +270,15 @@ def interpreter_fused_half(device='cpu'):
         check_cross_selective_scan(1, 2, 2, 4, 5, torch.float16, device)
 
 
+def interpreter_fused_low_rank(device='cpu'):
+    """delta as the rank-R input of dt_proj plus its weight: recomputed, never stored, for the backward."""
+    check_cross_selective_scan(2, 3, 1, 3, 4, torch.float32, device, low_rank=True)
+    check_cross_selective_scan(1, 2, 2, 4, 3, torch.bfloat16, device, low_rank=True)
+
+
 INTERPRETER_CASES = {f.__name__: f for f in (interpreter_cross, interpreter_scan, interpreter_segments,
-                                             interpreter_look_back, interpreter_fused, interpreter_fused_half)}
+                                             interpreter_look_back, interpreter_fused, interpreter_fused_half,
+                                             interpreter_fused_low_rank)}
 
 
 @pytest.mark.parametrize('case', sorted(INTERPRETER_CASES))
@@ -351,17 +365,20 @@ def test_selective_scan_gpu_no_grad_and_output_dtype():
 
 
 @gpu
-@pytest.mark.parametrize('batch,channels,n_state,height,width,dtype', [
-    (2, 8, 1, 7, 9, F32),
-    (1, 40, 1, 56, 56, F32),
-    (2, 16, 1, 56, 56, BF16),
-    (1, 4, 4, 200, 304, F32),
-    (1, 6, 16, 14, 14, F16),
-    (1, 3, 64, 7, 9, BF16),
-    (1, 96, 1, 25, 38, BF16),
+@pytest.mark.parametrize('batch,channels,n_state,height,width,dtype,low_rank', [
+    (2, 8, 1, 7, 9, F32, False),
+    (1, 40, 1, 56, 56, F32, False),
+    (2, 16, 1, 56, 56, BF16, False),
+    (1, 4, 4, 200, 304, F32, False),
+    (1, 6, 16, 14, 14, F16, False),
+    (1, 3, 64, 7, 9, BF16, False),
+    (1, 96, 1, 25, 38, BF16, False),
+    (2, 8, 1, 7, 9, F32, True),
+    (2, 96, 1, 28, 28, BF16, True),
+    (1, 16, 16, 14, 15, F32, True),
 ])
-def test_cross_selective_scan_gpu(batch, channels, n_state, height, width, dtype):
-    check_cross_selective_scan(batch, channels, n_state, height, width, dtype, 'cuda')
+def test_cross_selective_scan_gpu(batch, channels, n_state, height, width, dtype, low_rank):
+    check_cross_selective_scan(batch, channels, n_state, height, width, dtype, 'cuda', low_rank)
 
 
 @gpu

@@ -73,10 +73,13 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                          D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
                          delta_softplus: bool = True, float32_output: bool = True,
+                         delta_weight: torch.Tensor | None = None,
                          max_log2_length: int = MAX_LOG2_LENGTH) -> torch.Tensor:
     """:func:`mmvmamba.ops.cross_selective_scan` in export-friendly ops: the four routes as one scan of 4*C channels,
     with the reference cross-scan and cross-merge (flips, transposes and reshapes)."""
     batch, channels, height, width = x.shape
+    if delta_weight is not None:
+        delta = torch.einsum('bkrhw,kcr->bkchw', delta, delta_weight.to(delta.dtype))
     y = selective_scan(cross_scan(x, backend='reference').flatten(1, 2),
                        cross_scan(delta, backend='reference').flatten(1, 2), A, cross_scan(B, backend='reference'),
                        cross_scan(C, backend='reference'), D, delta_bias, delta_softplus,

@@ -87,9 +87,14 @@ def count_selective_scans(shapes_only: bool = False) -> contextlib.AbstractConte
 
 def selective_scan_flop_jit(inputs: list, outputs: list) -> Counter:
     """FLOP handle for :data:`SCAN_NODE`: inputs are (u or x, delta, A, ...) with u (B, D, L) or x (B, C, H, W), A
-    (D, N); D is A's rows, so a cross scan counts its four routes."""
+    (D, N); D is A's rows, so a cross scan counts its four routes. A cross scan given a rank-R delta and its
+    ``delta_weight`` (4, C, R) (the last input) also counts that projection, as the matmul it is (dt_proj)."""
     x, a = get_shape(inputs[0]), get_shape(inputs[2])
-    return Counter({'selective_scan': selective_scan_flops(x[0], math.prod(x[2:]), a[0], a[1])})
+    counts = Counter({'selective_scan': selective_scan_flops(x[0], math.prod(x[2:]), a[0], a[1])})
+    weight = get_shape(inputs[-1])
+    if len(x) == 4 and weight is not None and len(weight) == 3:
+        counts['dt_proj'] = x[0] * math.prod(x[2:]) * math.prod(weight)
+    return counts
 
 
 def exact_einsum_flop_jit(inputs: list, outputs: list) -> int | float:

@@ -46,7 +46,7 @@ def record_scan_calls(module: nn.Module) -> Iterator[list[dict]]:
     names = {'selective_scan': ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'delta_softplus',
                                 'return_last_state', 'float32_output'),
              'cross_selective_scan': ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'delta_softplus',
-                                      'float32_output')}
+                                      'float32_output', 'delta_weight')}
 
     def wrap(op: str, fn: Callable) -> Callable:
         def scan(*args):

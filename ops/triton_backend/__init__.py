@@ -353,68 +353,107 @@ def _route_state_buffer(batch: int, n_state: int, height: int, width: int, devic
     return torch.zeros(batch, height, width, ROUTES, n_state, device=device, dtype=torch.float32).permute(0, 3, 4, 1, 2)
 
 
+def _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus):
+    """The fused forward kernel: float32 (B, C, L) output (a view of a channel-last buffer), chunk states, tiles."""
+    batch, channels, height, width = x.shape
+    geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
+    cfg = scan_config(geo.n_state, channels, geo.length)
+    A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
+    out = torch.zeros(batch, geo.length, channels, device=x.device, dtype=torch.float32).transpose(1, 2)
+    ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
+               y=_merged_operand(out, width))
+    states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg)
+    return out, states, cfg
+
+
+def _cross_backward(x, delta, A, B, C, D, delta_bias, delta_softplus, states, cfg, grad_out):
+    """The fused backward kernel: gradients of (x, delta, A, B, C, D, delta_bias), delta's in delta's layout."""
+    batch, channels, height, width = x.shape
+    geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
+    dx = torch.zeros_like(x, dtype=torch.float32)
+    ddelta = torch.empty_like(delta)
+    dB = _route_state_buffer(batch, geo.n_state, height, width, x.device)
+    dC = _route_state_buffer(batch, geo.n_state, height, width, x.device)
+    ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
+               gy=_merged_operand(grad_out, width), du=_image_operand(dx), ddelta=_image_operand(ddelta),
+               dB=_image_operand(dB), dC=_image_operand(dC))
+    dA, dD, dbias = _launch_backward(geo, ops, A, D, delta_bias, delta_softplus, states, cfg)
+    return (dx.to(x.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.to(D.dtype), None if delta_bias is None else dbias.to(delta_bias.dtype))
+
+
 class CrossSelectiveScan(torch.autograd.Function):
     """cross_scan -> selective_scan -> cross_merge in one forward and one backward kernel."""
 
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output):
-        batch, channels, height, width = x.shape
-        geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
-        cfg = scan_config(geo.n_state, channels, geo.length)
-        A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
-        out = torch.zeros(batch, geo.length, channels, device=x.device, dtype=torch.float32).transpose(1, 2)
-        ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
-                   y=_merged_operand(out, width))
-        states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg)
+        out, states, cfg = _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus)
         ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, states)
         ctx.delta_softplus, ctx.cfg = delta_softplus, cfg
         return out if float32_output else out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
-        batch, channels, height, width = x.shape
-        geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
-        dx = torch.zeros_like(x, dtype=torch.float32)
-        ddelta = torch.empty_like(delta)
-        dB = _route_state_buffer(batch, geo.n_state, height, width, x.device)
-        dC = _route_state_buffer(batch, geo.n_state, height, width, x.device)
-        ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
-                   gy=_merged_operand(grad_out, width), du=_image_operand(dx), ddelta=_image_operand(ddelta),
-                   dB=_image_operand(dB), dC=_image_operand(dC))
-        dA, dD, dbias = _launch_backward(geo, ops, A, D, delta_bias, ctx.delta_softplus, states, ctx.cfg)
-        return (dx.to(x.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                None if D is None else dD.to(D.dtype), None if delta_bias is None else dbias.to(delta_bias.dtype),
-                None, None)
+        *inputs, states = ctx.saved_tensors
+        grads = _cross_backward(*inputs, ctx.delta_softplus, states, ctx.cfg, grad_out)
+        return (*grads, None, None)
 
 
-def _check_cross_inputs(x, delta, A, B, C, D, delta_bias):
-    if x.dim() != 4:
-        raise ValueError(f'x must be (batch, C, H, W), got {tuple(x.shape)}')
-    batch, channels, height, width = x.shape
-    if delta.shape != (batch, ROUTES, channels, height, width):
-        raise ValueError(f'delta must be {(batch, ROUTES, channels, height, width)}, got {tuple(delta.shape)}')
-    if A.dim() != 2 or A.shape[0] != ROUTES * channels:
-        raise ValueError(f'A must be ({ROUTES * channels}, d_state), got {tuple(A.shape)}')
-    for name, t in (('B', B), ('C', C)):
-        if t.shape != (batch, ROUTES, A.shape[1], height, width):
-            raise ValueError(f'{name} must be {(batch, ROUTES, A.shape[1], height, width)}, got {tuple(t.shape)}')
-    for name, t in (('D', D), ('delta_bias', delta_bias)):
-        if t is not None and t.shape != (ROUTES * channels,):
-            raise ValueError(f'{name} must be ({ROUTES * channels},), got {tuple(t.shape)}')
+def expand_low_rank_delta(delta: torch.Tensor, delta_weight: torch.Tensor) -> torch.Tensor:
+    """(B, 4, R, H, W) x (4, C, R) -> (B, 4, C, H, W) as one batched matmul over the routes, in delta's dtype.
+
+    The result is a view of a (4, B, H, W, C) buffer: per route a contiguous (positions, C) matrix, which the scan
+    reads channel-last and whose gradient comes back in the same layout for the transposed matmuls of the backward.
+    """
+    routes, rank = delta.shape[1], delta.shape[2]
+    low = delta.permute(1, 0, 3, 4, 2).reshape(routes, -1, rank)
+    full = torch.bmm(low, delta_weight.to(delta.dtype).transpose(1, 2))
+    return full.view(routes, delta.shape[0], delta.shape[3], delta.shape[4], -1).permute(1, 0, 4, 2, 3)
+
+
+class LowRankCrossSelectiveScan(torch.autograd.Function):
+    """:class:`CrossSelectiveScan` with delta given as a rank-R projection: the expanded (B, 4, C, H, W) delta is
+    not kept for the backward, which recomputes it (one batched matmul) instead of storing 4 * C channels."""
+
+    @staticmethod
+    def forward(ctx, x, delta, delta_weight, A, B, C, D, delta_bias, delta_softplus, float32_output):
+        full = expand_low_rank_delta(delta, delta_weight)
+        out, states, cfg = _cross_forward(x, full, A, B, C, D, delta_bias, delta_softplus)
+        ctx.save_for_backward(x, delta, delta_weight, A, B, C, D, delta_bias, states)
+        ctx.delta_softplus, ctx.cfg = delta_softplus, cfg
+        return out if float32_output else out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, delta, delta_weight, A, B, C, D, delta_bias, states = ctx.saved_tensors
+        full = expand_low_rank_delta(delta, delta_weight)
+        dx, dfull, *grads = _cross_backward(x, full, A, B, C, D, delta_bias, ctx.delta_softplus, states, ctx.cfg,
+                                            grad_out)
+        batch, routes, rank, height, width = delta.shape
+        dfull = dfull.permute(1, 0, 3, 4, 2).reshape(routes, -1, dfull.shape[2])
+        low = delta.permute(1, 0, 3, 4, 2).reshape(routes, -1, rank)
+        ddelta = torch.bmm(dfull, delta_weight.to(dfull.dtype)).view(routes, batch, height, width, rank)
+        dweight = torch.bmm(low.transpose(1, 2), dfull).transpose(1, 2)
+        return (dx, ddelta.permute(1, 0, 4, 2, 3), dweight.to(delta_weight.dtype), *grads, None, None)
 
 
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                          D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
-                         delta_softplus: bool = True, float32_output: bool = True) -> torch.Tensor:
+                         delta_softplus: bool = True, float32_output: bool = True,
+                         delta_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Fused cross selective scan; arguments as :func:`reference.cross_selective_scan`. Returns (B, C, H*W), a
     transposed view of a channel-last (B, H*W, C) float32 buffer (a copy in x's dtype if ``float32_output`` is
     False)."""
     args = (x, delta, A, B, C, D, delta_bias)
-    if _is_float64(*args):
-        return reference.cross_selective_scan(*args, delta_softplus, float32_output)
-    _check_cross_inputs(*args)
-    if _needs_grad(*args):
-        return CrossSelectiveScan.apply(*args, delta_softplus, float32_output)
+    if _is_float64(*args, delta_weight):
+        return reference.cross_selective_scan(*args, delta_softplus, float32_output, delta_weight)
+    reference._check_cross_inputs(*args, delta_weight)
+    if delta_weight is not None:
+        if _needs_grad(*args, delta_weight):
+            return LowRankCrossSelectiveScan.apply(x, delta, delta_weight, *args[2:], delta_softplus, float32_output)
+        delta = expand_low_rank_delta(delta, delta_weight)
+    if _needs_grad(x, delta, *args[2:]):
+        return CrossSelectiveScan.apply(x, delta, *args[2:], delta_softplus, float32_output)
     with torch.no_grad():
-        return CrossSelectiveScan.forward(_NoCtx(), *args, delta_softplus, float32_output)
+        out = _cross_forward(x, delta, *args[2:], delta_softplus)[0]
+    return out if float32_output else out.to(x.dtype)

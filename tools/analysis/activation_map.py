@@ -66,7 +66,10 @@ def route_contributions(scan: dict, query: tuple[int, int]) -> torch.Tensor:
     _, channels, height, width = x.shape
     length = height * width
     dtype = torch.float64
-    delta = cross_scan(scan['delta'][:1].to(dtype))[0]  # (4, C, L) in each route's order
+    delta = scan['delta'][:1].to(dtype)
+    if scan.get('delta_weight') is not None:  # the rank-R input of dt_proj
+        delta = torch.einsum('bkrhw,kcr->bkchw', delta, scan['delta_weight'].to(dtype))
+    delta = cross_scan(delta)[0]  # (4, C, L) in each route's order
     if scan['delta_bias'] is not None:
         delta = delta + scan['delta_bias'].to(dtype).view(ROUTES, channels, 1)
     dt = F.softplus(delta) if scan['delta_softplus'] else delta

@@ -62,22 +62,21 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
         batch, _, height, width = conv_out.shape
         n, r = op.d_state, op.dt_rank
         x_dbl = F.linear(conv_out.permute(0, 2, 3, 1), op.x_proj_weight.flatten(0, 1))
-        dt_low, b, c = x_dbl.view(batch, height, width, ROUTES, r + 2 * n).split([r, n, n], dim=-1)
-        delta = torch.einsum('bhwkr,kdr->bkdhw', dt_low, op.dt_projs_weight.to(dt_low.dtype))
+        dt_low, b, c = x_dbl.view(batch, height, width, ROUTES, r + 2 * n).permute(0, 3, 4, 1, 2).split([r, n, n], 2)
         scanned = op.scan(conv_out)
         y = op.out_norm(scanned).to(conv_out.dtype)
 
-    def scan(xc, d, bb, cc):
+    def scan(xc, d, bb, cc):  # dt_proj included: the scan takes the rank-R delta and dt_projs_weight
         return cross_selective_scan(xc, d, -torch.exp(op.A_logs.float()), bb, cc, op.Ds.float(),
-                                    op.dt_projs_bias.float().flatten(), backend=backend)
+                                    op.dt_projs_bias.float().flatten(), delta_weight=op.dt_projs_weight,
+                                    backend=backend)
 
     parts = {
         'norm': (block.norm, (x,)),
         'in_proj': (op.in_proj, (normed,)),
         'dwconv+silu': (lambda t: F.silu(op.conv2d(t)), (conv_in,)),
         'x_proj': (lambda t: F.linear(t.permute(0, 2, 3, 1), op.x_proj_weight.flatten(0, 1)), (conv_out,)),
-        'dt_proj': (lambda t: torch.einsum('bhwkr,kdr->bkdhw', t, op.dt_projs_weight.to(t.dtype)), (dt_low,)),
-        'scan': (scan, (conv_out, delta, b.permute(0, 3, 4, 1, 2), c.permute(0, 3, 4, 1, 2))),
+        'dt_proj+scan': (scan, (conv_out, dt_low, b, c)),
         'out_norm': (lambda t: op.out_norm(t).to(conv_out.dtype), (scanned,)),
         'out_proj': (op.out_proj, (y,)),
     }

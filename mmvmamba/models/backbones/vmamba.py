@@ -170,18 +170,17 @@ class SS2D(nn.Module):
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """The selective-scan core on a (B, d_inner, H, W) map; returns channel-last float32 (B, H, W, d_inner).
 
-        The per-route projections act on positions only, so they are computed once on the un-routed map (one
-        matmul for all four routes) and each route reads them in its own order inside ``cross_selective_scan``.
+        The per-route projections act on positions only, so x_proj is one matmul for all four routes on the
+        un-routed map, and each route reads its slice in its own order inside ``cross_selective_scan``, which also
+        applies dt_proj (the rank-``dt_rank`` delta and ``dt_projs_weight``).
         """
         batch, _, height, width = x.shape
         n, r = self.d_state, self.dt_rank
         x_dbl = F.linear(x.permute(0, 2, 3, 1), self.x_proj_weight.flatten(0, 1))
-        x_dbl = x_dbl.view(batch, height, width, ROUTES, r + 2 * n)
-        dt_low, b, c = x_dbl.split([r, n, n], dim=-1)
-        delta = torch.einsum('bhwkr,kdr->bkdhw', dt_low, self.dt_projs_weight.to(dt_low.dtype))
-        y = cross_selective_scan(
-            x, delta, -torch.exp(self.A_logs.float()), b.permute(0, 3, 4, 1, 2), c.permute(0, 3, 4, 1, 2),
-            self.Ds.float(), self.dt_projs_bias.float().flatten(), delta_softplus=True)
+        dt_low, b, c = x_dbl.view(batch, height, width, ROUTES, r + 2 * n).permute(0, 3, 4, 1, 2).split([r, n, n], 2)
+        y = cross_selective_scan(x, dt_low, -torch.exp(self.A_logs.float()), b, c, self.Ds.float(),
+                                 self.dt_projs_bias.float().flatten(), delta_softplus=True,
+                                 delta_weight=self.dt_projs_weight)
         return y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
 
 
