@@ -111,3 +111,13 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     """
     fn = resolve('cross_selective_scan', _device_type(x), backend)
     return fn(x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output, delta_weight)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
+               out_dtype: torch.dtype | None = None, backend: str | None = None) -> torch.Tensor:
+    """LayerNorm over the last dim with float32 statistics, written in ``out_dtype`` (default: x's dtype).
+
+    VMamba's norms before a Linear: under autocast the output goes straight to the Linear's dtype, in one kernel on
+    CUDA instead of a float32 norm and a cast.
+    """
+    return resolve('layer_norm', _device_type(x), backend)(x, weight, bias, eps, out_dtype)

@@ -373,3 +373,11 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """LayerNorm over the last dim computed in float32 (float64 for float64 x); the output in ``out_dtype``."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = F.layer_norm(x.to(compute), weight.shape, weight.to(compute), bias.to(compute), eps)
+    return y.to(out_dtype or x.dtype)

@@ -276,9 +276,27 @@ def interpreter_fused_low_rank(device='cpu'):
     check_cross_selective_scan(1, 2, 2, 4, 3, torch.bfloat16, device, low_rank=True)
 
 
+def check_layer_norm(shape, dtype, out_dtype, device):
+    """The Triton LayerNorm against the float64 reference: output (in ``out_dtype``) and x, weight, bias gradients."""
+    g = make_generator(device)
+    n = shape[-1]
+    x = dict(x=torch.randn(*shape, generator=g, device=device).to(dtype),
+             weight=torch.randn(n, generator=g, device=device) * 0.5 + 1,
+             bias=torch.randn(n, generator=g, device=device))
+    y = check_against_reference(triton_backend.layer_norm, reference.layer_norm, x, out_dtype,
+                                eps=1e-5, out_dtype=out_dtype)
+    assert y.dtype == out_dtype and y.shape == shape
+
+
+def interpreter_layer_norm(device='cpu'):
+    check_layer_norm((3, 5, 96), torch.float32, torch.float32, device)  # several rows a program, padded width
+    check_layer_norm((7, 33), torch.float32, torch.bfloat16, device)  # autocast: float32 in, bf16 out
+    check_layer_norm((2, 3, 3072), torch.bfloat16, torch.bfloat16, device)
+
+
 INTERPRETER_CASES = {f.__name__: f for f in (interpreter_cross, interpreter_scan, interpreter_segments,
                                              interpreter_look_back, interpreter_fused, interpreter_fused_half,
-                                             interpreter_fused_low_rank)}
+                                             interpreter_fused_low_rank, interpreter_layer_norm)}
 
 
 @pytest.mark.parametrize('case', sorted(INTERPRETER_CASES))
@@ -392,6 +410,14 @@ def test_fused_gpu_small_tiles():
 @pytest.mark.parametrize('shape', [(2, 3, 7, 9), (1, 96, 56, 56), (1, 8, 200, 304)])
 def test_cross_scan_and_merge_gpu(shape, dtype):
     check_cross_scan_and_merge(*shape, dtype, 'cuda')
+
+
+@gpu
+@pytest.mark.parametrize('shape,dtype,out_dtype', [((128, 56, 56, 96), F32, BF16), ((64, 14, 14, 384), F32, F32),
+                                                   ((2, 7, 9, 768), BF16, BF16), ((3, 2048), F32, F16),
+                                                   ((5, 3072), F32, BF16)])
+def test_layer_norm_gpu(shape, dtype, out_dtype):
+    check_layer_norm(shape, dtype, out_dtype, 'cuda')
 
 
 @gpu

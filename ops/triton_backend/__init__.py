@@ -19,6 +19,9 @@ import triton
 
 from .. import reference
 from . import kernels
+from .layer_norm import layer_norm
+
+__all__ = ['cross_merge', 'cross_scan', 'cross_selective_scan', 'layer_norm', 'selective_scan']
 
 ROUTES = 4
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'

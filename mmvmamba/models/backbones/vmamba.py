@@ -18,7 +18,7 @@ import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
-from mmvmamba.ops import cross_selective_scan
+from mmvmamba.ops import cross_selective_scan, layer_norm
 
 ROUTES = 4  # cross-scan directions
 MIN_INPUT_SIZE = 32  # one stride of the last stage
@@ -125,6 +125,16 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob}'
 
 
+class LinearInputNorm(nn.LayerNorm):
+    """A LayerNorm whose output feeds a Linear: float32 statistics, output in the autocast dtype when autocast is on
+    (what the Linear would cast it to), in one kernel on CUDA. Same parameters and function as ``nn.LayerNorm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        return layer_norm(x, self.weight, self.bias, self.eps, dtype)
+
+
 def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
@@ -154,7 +164,7 @@ class SS2D(nn.Module):
         self.A_logs = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(
             ROUTES * d_inner, 1))
         self.Ds = nn.Parameter(torch.ones(ROUTES * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = LinearInputNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,12 +213,12 @@ class VSSBlock(nn.Module):
     def __init__(self, dim: int, drop_path: float, d_state: int, ssm_ratio: float, gated: bool, conv_bias: bool,
                  mlp_ratio: float):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LinearInputNorm(dim)
         self.op = SS2D(dim, d_state, ssm_ratio, gated, conv_bias)
         self.drop_path = DropPath(drop_path)
         self.mlp_ratio = mlp_ratio
         if mlp_ratio > 0:
-            self.norm2 = nn.LayerNorm(dim)
+            self.norm2 = LinearInputNorm(dim)
             self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

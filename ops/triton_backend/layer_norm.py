@@ -1,0 +1,113 @@
+"""LayerNorm over the last dim in Triton: float32 statistics, output written directly in the requested dtype.
+
+Under autocast a LayerNorm runs in float32 and the Linear after it casts its input to bf16: one kernel here does
+both (the same rounded values), and its backward reads the bf16 gradient directly. Each program normalises a tile
+of rows; weight and bias gradients are reduced per program, then summed.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, rows, n, eps,
+                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+    col = tl.arange(0, BLOCK_N)[None, :]
+    mask = (row < rows) & (col < n)
+    x = tl.load(x_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / n
+    centred = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / n + eps)
+    w = tl.load(w_ptr + col, mask=col < n, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + col, mask=col < n, other=0.0).to(tl.float32)
+    y = centred * rstd[:, None] * w + b
+    tl.store(y_ptr + row * n + col, y.to(y_ptr.dtype.element_ty), mask=mask)
+    row_1d = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    tl.store(mean_ptr + row_1d, mean, mask=row_1d < rows)
+    tl.store(rstd_ptr + row_1d, rstd, mask=row_1d < rows)
+
+
+@triton.jit
+def _layer_norm_bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, rows, n,
+                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat*w*dy)); per-program partial sums of dy*xhat and dy."""
+    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+    col = tl.arange(0, BLOCK_N)[None, :]
+    mask = (row < rows) & (col < n)
+    row_1d = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    mean = tl.load(mean_ptr + row_1d, mask=row_1d < rows, other=0.0)
+    rstd = tl.load(rstd_ptr + row_1d, mask=row_1d < rows, other=0.0)
+    x = tl.load(x_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + col, mask=col < n, other=0.0).to(tl.float32)
+    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+    wdy = w * dy
+    c1 = tl.sum(xhat * wdy, axis=1) / n
+    c2 = tl.sum(wdy, axis=1) / n
+    dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+    tl.store(dx_ptr + row * n + col, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    cols = tl.arange(0, BLOCK_N)
+    tl.store(dw_ptr + tl.program_id(0) * n + cols, tl.sum(dy * xhat, axis=0), mask=cols < n)
+    tl.store(db_ptr + tl.program_id(0) * n + cols, tl.sum(dy, axis=0), mask=cols < n)
+
+
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` as contiguous (rows, n)."""
+    t = t.reshape(-1, n)
+    return t if t.stride(0) == n and t.stride(1) == 1 else t.contiguous()
+
+
+def _guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.device.type == 'cuda' else contextlib.nullcontext()
+
+
+def _tiles(n: int) -> tuple[int, int, int]:
+    """(rows per program, padded width, warps): about 4096 elements a program."""
+    block_n = triton.next_power_of_2(n)
+    rows = max(1, min(64, 4096 // block_n))
+    return rows, block_n, 4 if block_n * rows <= 4096 else 8
+
+
+class LayerNorm(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, out_dtype):
+        n = x.shape[-1]
+        x2 = _rows(x, n)
+        rows = x2.shape[0]
+        y = torch.empty(x2.shape, device=x.device, dtype=out_dtype)
+        mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
+        tile_rows, block_n, warps = _tiles(n)
+        with _guard(x):
+            _layer_norm_fwd[(triton.cdiv(rows, tile_rows),)](x2, weight, bias, y, mean, rstd, rows, n, eps,
+                                                             ROWS=tile_rows, BLOCK_N=block_n, num_warps=warps)
+        ctx.save_for_backward(x2, weight, mean, rstd)
+        ctx.shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, mean, rstd = ctx.saved_tensors
+        rows, n = x2.shape
+        dy = _rows(dy, n)
+        dx = torch.empty_like(x2)
+        tile_rows, block_n, warps = _tiles(n)
+        programs = triton.cdiv(rows, tile_rows)
+        dw = torch.empty(programs, n, device=x2.device, dtype=torch.float32)
+        db = torch.empty_like(dw)
+        with _guard(x2):
+            _layer_norm_bwd[(programs,)](x2, weight, dy, mean, rstd, dx, dw, db, rows, n,
+                                         ROWS=tile_rows, BLOCK_N=block_n, num_warps=warps)
+        return (dx.view(ctx.shape), dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), None, None)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """LayerNorm over the last dim with float32 statistics; the output in ``out_dtype`` (default: x's dtype)."""
+    return LayerNorm.apply(x, weight, bias, eps, out_dtype or x.dtype)
