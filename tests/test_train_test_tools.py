@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 import os
+import pickle
 import re
 import signal
 import socket
@@ -14,19 +15,22 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {'mask_rcnn': 'configs/demo/mask_rcnn_vmamba_demo.py', 'upernet': 'configs/demo/upernet_vmamba_demo.py'}
 METRICS = {'mask_rcnn': ('coco/bbox_mAP', 'coco/segm_mAP'), 'upernet': ('mIoU', 'aAcc')}
+NUM_VAL = 3
 
 
 @pytest.fixture(scope='module')
 def demo_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('demo_data')
     subprocess.run([sys.executable, 'tools/make_demo_data.py', '--out', str(out), '--num-train', '8', '--num-val',
-                    '3'], cwd=ROOT, check=True, capture_output=True)
+                    str(NUM_VAL)], cwd=ROOT, check=True, capture_output=True)
     return out
 
 
@@ -87,13 +91,52 @@ def test_dist_train_then_test(task, procs, demo_data, tmp_path):
         assert 'rank 0 of 2 runs on CPU with gloo' in log and 'Distributed training: True' in log
     checkpoint = work / 'iter_2.pth'
     assert (work / 'last_checkpoint').read_text().strip() == str(checkpoint)
-    aug = ['--aug-test'] if procs > 1 else []
+    # 1 process: also dump the predictions and paint the test images; 2 processes: test-time augmentation
+    extra = ['--aug-test'] if procs > 1 else ['--out', str(tmp_path / 'out.pkl'), '--show-dir', str(tmp_path / 'show')]
     output = run(['bash', 'tools/dist_test.sh', config, str(checkpoint), str(procs), '--work-dir',
-                  str(tmp_path / 'test'), *aug, '--cfg-options', *options])
+                  str(tmp_path / 'test'), *extra, '--cfg-options', *options])
     assert f'Load checkpoint from {checkpoint}' in output
     metrics = parse_metrics(output)
     for key in METRICS[task]:
         assert 0 <= metrics[key] <= (1 if task == 'mask_rcnn' else 100), (key, metrics)
+    if procs == 1:
+        assert len(pickle.loads((tmp_path / 'out.pkl').read_bytes())) == NUM_VAL
+        painted = [p for p in (tmp_path / 'show').rglob('*') if p.suffix in ('.jpg', '.png')]
+        assert len(painted) == NUM_VAL
+
+
+def test_classifier_train_and_test(tmp_path):
+    """The ImageNet config family (shallower backbone, 2 classes) on a tiny folder data set: train, test with TTA."""
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for label in ('plain', 'red'):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(4):
+                image = rng.integers(0, 256, (64, 72, 3), dtype=np.uint8)
+                image[..., 2] = 255 if label == 'red' else image[..., 2]
+                cv2.imwrite(str(tmp_path / split / label / f'{i}.jpg'), image)
+    config = tmp_path / 'classifier.py'
+    loader = ("dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dict(_delete_=True, "
+              "type='CustomDataset', data_root='{root}', pipeline={{{{_base_.{pipeline}}}}}))")
+    config.write_text('\n'.join([
+        f"_base_ = ['{ROOT}/configs/vmamba_t_8xb128_in1k.py']",
+        "model = dict(backbone=dict(depths=(1, 1, 1, 1)), head=dict(num_classes=2))",
+        "data_preprocessor = dict(num_classes=2)",
+        'train_dataloader = ' + loader.format(root=tmp_path / 'train', pipeline='train_pipeline'),
+        'val_dataloader = ' + loader.format(root=tmp_path / 'val', pipeline='test_pipeline'),
+        'test_dataloader = val_dataloader',
+        'val_evaluator = dict(topk=(1,))',
+        'test_evaluator = val_evaluator',
+        'train_cfg = dict(max_epochs=1)',
+        'default_hooks = dict(logger=dict(interval=1))',
+    ]))
+    work = tmp_path / 'work'
+    log = run(['bash', 'tools/dist_train.sh', str(config), '1', '--work-dir', str(work)])
+    losses = [float(v) for v in re.findall(r'Epoch\(train\) +\[1\]\[[12]/2\].*?\sloss: (\S+)', log)]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
+    output = run(['bash', 'tools/dist_test.sh', str(config), str(work / 'epoch_1.pth'), '1', '--work-dir',
+                  str(tmp_path / 'test'), '--aug-test'])
+    assert 0 <= parse_metrics(output)['accuracy/top1'] <= 100
 
 
 def test_resume_after_kill(demo_data, tmp_path):

@@ -52,10 +52,11 @@ def enable_tta(cfg: Config) -> None:
 
 
 def enable_visualization(cfg: Config, scope: str, show_dir: str) -> None:
-    """Turn on the codebase's visualization hook and save painted test images under ``show_dir``."""
+    """Turn on the codebase's visualization hook: every test image, painted, saved under ``show_dir``."""
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
         raise ValueError('--show-dir needs a visualization hook in default_hooks.')
+    hook.interval = 1
     if scope == 'mmdet':
         hook.draw = True
         hook.test_out_dir = show_dir
@@ -83,6 +84,9 @@ def main() -> None:
     scope = register_scope(cfg)
     setup_distributed(cfg)
     if args.show_dir:
+        if args.aug_test and scope == 'mmpretrain':
+            raise ValueError('mmpretrain\'s VisualizationHook cannot draw test-time augmented batches: use --show-dir '
+                             'without --aug-test.')
         enable_visualization(cfg, scope, args.show_dir)
     if args.aug_test:
         enable_tta(cfg)

@@ -1,5 +1,5 @@
 # Demo: Mask R-CNN + FPN with a small VMamba (v2 blocks, depths 1-1-2-1, 32 channels, d_state 1) trained from scratch
-# on the synthetic shapes of tools/make_demo_data.py (3 classes, ~150 px images); minutes on a CPU.
+# on the synthetic shapes of tools/make_demo_data.py (3 classes, images resized to 128 px); minutes on a CPU.
 # bash tools/run_demo.sh runs it; alone: bash tools/dist_train.sh configs/demo/mask_rcnn_vmamba_demo.py 1
 _base_ = [
     '../_base_/models/mask_rcnn_vmamba_fpn.py',

@@ -55,3 +55,10 @@ val_dataloader = dict(
 val_evaluator = dict(type='Accuracy', topk=(1, 5))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator
+
+# horizontal-flip test-time augmentation (tools/test.py --aug-test): the scores of both views are averaged
+tta_model = dict(type='AverageClsScoreTTA')
+tta_pipeline = test_pipeline[:-1] + [
+    dict(type='TestTimeAug',
+         transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], [dict(type='PackInputs')]])
+]
