@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.logging import MMLogger
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, init_default_scope
@@ -113,7 +114,7 @@ def benchmark(path: str, args: argparse.Namespace) -> dict:
                 params_m=params / 1e6, median_s=statistics.median(times), min_s=min(times),
                 mean_s=statistics.fmean(times), steps=len(times), peak_memory_gb=memory_gb,
                 memory_kind='cuda max_memory_allocated' if device.type == 'cuda' else 'process max RSS',
-                last_losses={k: float(v) for k, v in losses.items()})
+                last_losses={k: float(v.detach()) for k, v in losses.items()})
 
 
 def time_steps(step, warmup: int, steps: int, cuda: bool) -> tuple[list[float], float, dict]:
@@ -156,6 +157,7 @@ def report(results: list[dict]) -> None:
 
 def main() -> None:
     args = parse_args()
+    MMLogger.get_instance('benchmark_train_step', log_level='WARNING')  # no per-parameter init and optimizer logs
     results = []
     for path in [args.config] + ([args.compare] if args.compare else []):
         results.append(benchmark(path, args))
