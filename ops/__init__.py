@@ -5,14 +5,15 @@ Each public function dispatches by device and availability (see :mod:`.dispatch`
 in :mod:`.reference`.
 """
 from .dispatch import (
-                       BACKENDS,
-                       backend_status,
-                       cross_merge,
-                       cross_scan,
-                       cross_selective_scan,
-                       layer_norm,
-                       selective_scan,
+    BACKENDS,
+    backend_status,
+    cross_merge,
+    cross_scan,
+    cross_selective_scan,
+    force_backend,
+    layer_norm,
+    selective_scan,
 )
 
-__all__ = ['BACKENDS', 'backend_status', 'cross_merge', 'cross_scan', 'cross_selective_scan', 'layer_norm',
-           'selective_scan']
+__all__ = ['BACKENDS', 'backend_status', 'cross_merge', 'cross_scan', 'cross_selective_scan', 'force_backend',
+           'layer_norm', 'selective_scan']

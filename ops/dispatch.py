@@ -8,11 +8,12 @@ once and says why. The environment variable ``MMVMAMBA_OPS_BACKEND`` sets the de
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
@@ -20,6 +21,18 @@ import torch
 BACKENDS = ('reference', 'triton', 'mamba_ssm')
 _MODULES = {'reference': 'reference', 'triton': 'triton_backend', 'mamba_ssm': 'mamba_ssm_backend'}
 ENV_VAR = 'MMVMAMBA_OPS_BACKEND'
+_forced: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def force_backend(backend: str | None) -> Iterator[None]:
+    """Within the block, every public op call that names no backend uses ``backend`` (e.g. to compare a model on the
+    fast kernels with the same model on the reference ops)."""
+    previous, _forced[0] = _forced[0], backend
+    try:
+        yield
+    finally:
+        _forced[0] = previous
 
 
 @functools.cache
@@ -77,12 +90,12 @@ def _device_type(t: torch.Tensor) -> str:
 def cross_scan(x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, 4, C, H*W): row-major, column-major and both reversed; a (B, 4, C, H, W) input gives
     each route its own map."""
-    return resolve('cross_scan', _device_type(x), backend)(x)
+    return resolve('cross_scan', _device_type(x), backend or _forced[0])(x)
 
 
 def cross_merge(y: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """(B, 4, C, H, W) -> (B, C, H*W): the adjoint of :func:`cross_scan` (undo each route and sum)."""
-    return resolve('cross_merge', _device_type(y), backend)(y)
+    return resolve('cross_merge', _device_type(y), backend or _forced[0])(y)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -94,7 +107,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Returns y (batch, channels, L) (float32, or u's dtype when ``float32_output`` is False) and, when asked, the
     last state (batch, channels, N).
     """
-    fn = resolve('selective_scan', _device_type(u), backend)
+    fn = resolve('selective_scan', _device_type(u), backend or _forced[0])
     return fn(u, delta, A, B, C, D, delta_bias, delta_softplus, return_last_state, float32_output)
 
 
@@ -109,7 +122,7 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     projection (VMamba's dt_proj), which fast backends apply without storing the expanded delta. Fast backends apply
     the routes inside their loads and stores.
     """
-    fn = resolve('cross_selective_scan', _device_type(x), backend)
+    fn = resolve('cross_selective_scan', _device_type(x), backend or _forced[0])
     return fn(x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output, delta_weight)
 
 
@@ -120,4 +133,4 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     VMamba's norms before a Linear: under autocast the output goes straight to the Linear's dtype, in one kernel on
     CUDA instead of a float32 norm and a cast.
     """
-    return resolve('layer_norm', _device_type(x), backend)(x, weight, bias, eps, out_dtype)
+    return resolve('layer_norm', _device_type(x), backend or _forced[0])(x, weight, bias, eps, out_dtype)

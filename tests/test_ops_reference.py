@@ -215,3 +215,10 @@ def test_cross_selective_scan_low_rank_gradcheck():
         return ops.cross_selective_scan(**dict(zip(names, a, strict=True)))
 
     assert torch.autograd.gradcheck(scan, (*x.values(), weight))
+
+
+def test_force_backend_is_scoped():
+    x = torch.randn(1, 2, 3, 4)
+    with ops.force_backend('triton'), pytest.raises(RuntimeError, match='cannot be used'):
+        ops.cross_scan(x)
+    assert torch.equal(ops.cross_scan(x), reference.cross_scan(x))

@@ -292,6 +292,12 @@ def interpreter_layer_norm(device='cpu'):
     check_layer_norm((3, 5, 96), torch.float32, torch.float32, device)  # several rows a program, padded width
     check_layer_norm((7, 33), torch.float32, torch.bfloat16, device)  # autocast: float32 in, bf16 out
     check_layer_norm((2, 3, 3072), torch.bfloat16, torch.bfloat16, device)
+    norm = importlib.import_module(f'{ops.__name__}.triton_backend.layer_norm')
+    programs, norm._BWD_PROGRAMS = norm._BWD_PROGRAMS, 2  # each backward program walks several tiles
+    try:
+        check_layer_norm((9, 11, 40), torch.float32, torch.float32, device)
+    finally:
+        norm._BWD_PROGRAMS = programs
 
 
 INTERPRETER_CASES = {f.__name__: f for f in (interpreter_cross, interpreter_scan, interpreter_segments,

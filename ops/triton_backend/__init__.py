@@ -402,16 +402,32 @@ class CrossSelectiveScan(torch.autograd.Function):
         return (*grads, None, None)
 
 
+def _aligned_rank(rank: int) -> int:
+    """Ranks padded to a multiple of 8, so the bf16/fp16 matmuls over them meet the tensor cores' 16-byte alignment
+    (at rank 6 or 12, cuBLAS falls back to kernels several times slower)."""
+    return -(-rank // 8) * 8
+
+
+def _low_rank_operands(delta: torch.Tensor, delta_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """delta (B, 4, R, H, W) as (4, B*H*W, R8) and delta_weight (4, C, R) as (4, C, R8), zero-padded, delta's dtype."""
+    batch, routes, rank, height, width = delta.shape
+    padded = _aligned_rank(rank)
+    low = delta.new_zeros(routes, batch, height, width, padded)
+    low[..., :rank] = delta.permute(1, 0, 3, 4, 2)
+    weight = delta_weight.new_zeros(routes, delta_weight.shape[1], padded, dtype=delta.dtype)
+    weight[..., :rank] = delta_weight
+    return low.view(routes, -1, padded), weight
+
+
 def expand_low_rank_delta(delta: torch.Tensor, delta_weight: torch.Tensor) -> torch.Tensor:
     """(B, 4, R, H, W) x (4, C, R) -> (B, 4, C, H, W) as one batched matmul over the routes, in delta's dtype.
 
     The result is a view of a (4, B, H, W, C) buffer: per route a contiguous (positions, C) matrix, which the scan
     reads channel-last and whose gradient comes back in the same layout for the transposed matmuls of the backward.
     """
-    routes, rank = delta.shape[1], delta.shape[2]
-    low = delta.permute(1, 0, 3, 4, 2).reshape(routes, -1, rank)
-    full = torch.bmm(low, delta_weight.to(delta.dtype).transpose(1, 2))
-    return full.view(routes, delta.shape[0], delta.shape[3], delta.shape[4], -1).permute(1, 0, 4, 2, 3)
+    low, weight = _low_rank_operands(delta, delta_weight)
+    full = torch.bmm(low, weight.transpose(1, 2))
+    return full.view(delta.shape[1], delta.shape[0], delta.shape[3], delta.shape[4], -1).permute(1, 0, 4, 2, 3)
 
 
 class LowRankCrossSelectiveScan(torch.autograd.Function):
@@ -429,14 +445,15 @@ class LowRankCrossSelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, delta, delta_weight, A, B, C, D, delta_bias, states = ctx.saved_tensors
-        full = expand_low_rank_delta(delta, delta_weight)
-        dx, dfull, *grads = _cross_backward(x, full, A, B, C, D, delta_bias, ctx.delta_softplus, states, ctx.cfg,
-                                            grad_out)
+        low, weight = _low_rank_operands(delta, delta_weight)
         batch, routes, rank, height, width = delta.shape
+        full = torch.bmm(low, weight.transpose(1, 2))
+        full_view = full.view(routes, batch, height, width, -1).permute(1, 0, 4, 2, 3)
+        dx, dfull, *grads = _cross_backward(x, full_view, A, B, C, D, delta_bias, ctx.delta_softplus, states,
+                                            ctx.cfg, grad_out)
         dfull = dfull.permute(1, 0, 3, 4, 2).reshape(routes, -1, dfull.shape[2])
-        low = delta.permute(1, 0, 3, 4, 2).reshape(routes, -1, rank)
-        ddelta = torch.bmm(dfull, delta_weight.to(dfull.dtype)).view(routes, batch, height, width, rank)
-        dweight = torch.bmm(low.transpose(1, 2), dfull).transpose(1, 2)
+        ddelta = torch.bmm(dfull, weight)[..., :rank].view(routes, batch, height, width, rank)
+        dweight = torch.bmm(low.transpose(1, 2), dfull)[:, :rank].transpose(1, 2)
         return (dx, ddelta.permute(1, 0, 4, 2, 3), dweight.to(delta_weight.dtype), *grads, None, None)
 
 

@@ -35,25 +35,34 @@ def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, rows, n, eps
 @triton.jit
 def _layer_norm_bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, rows, n,
                     ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat*w*dy)); per-program partial sums of dy*xhat and dy."""
-    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+    """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat*w*dy)). Each program walks tiles pid, pid + programs, ...
+    and writes its partial sums of dy*xhat and dy (the weight and bias gradients) once."""
     col = tl.arange(0, BLOCK_N)[None, :]
-    mask = (row < rows) & (col < n)
-    row_1d = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    mean = tl.load(mean_ptr + row_1d, mask=row_1d < rows, other=0.0)
-    rstd = tl.load(rstd_ptr + row_1d, mask=row_1d < rows, other=0.0)
-    x = tl.load(x_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + col, mask=col < n, other=0.0).to(tl.float32)
-    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-    wdy = w * dy
-    c1 = tl.sum(xhat * wdy, axis=1) / n
-    c2 = tl.sum(wdy, axis=1) / n
-    dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
-    tl.store(dx_ptr + row * n + col, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    dw = tl.zeros((BLOCK_N,), tl.float32)
+    db = tl.zeros((BLOCK_N,), tl.float32)
+    for tile in range(tl.program_id(0), tl.cdiv(rows, ROWS), tl.num_programs(0)):
+        row_1d = tile * ROWS + tl.arange(0, ROWS)
+        row = row_1d[:, None]
+        mask = (row < rows) & (col < n)
+        mean = tl.load(mean_ptr + row_1d, mask=row_1d < rows, other=0.0)
+        rstd = tl.load(rstd_ptr + row_1d, mask=row_1d < rows, other=0.0)
+        x = tl.load(x_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        wdy = w * dy
+        c1 = tl.sum(xhat * wdy, axis=1) / n
+        c2 = tl.sum(wdy, axis=1) / n
+        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        tl.store(dx_ptr + row * n + col, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
     cols = tl.arange(0, BLOCK_N)
-    tl.store(dw_ptr + tl.program_id(0) * n + cols, tl.sum(dy * xhat, axis=0), mask=cols < n)
-    tl.store(db_ptr + tl.program_id(0) * n + cols, tl.sum(dy, axis=0), mask=cols < n)
+    tl.store(dw_ptr + tl.program_id(0) * n + cols, dw, mask=cols < n)
+    tl.store(db_ptr + tl.program_id(0) * n + cols, db, mask=cols < n)
+
+
+_BWD_PROGRAMS = 1024  # enough to fill the GPU; few partial rows to sum
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -98,7 +107,7 @@ class LayerNorm(torch.autograd.Function):
         dy = _rows(dy, n)
         dx = torch.empty_like(x2)
         tile_rows, block_n, warps = _tiles(n)
-        programs = triton.cdiv(rows, tile_rows)
+        programs = min(triton.cdiv(rows, tile_rows), _BWD_PROGRAMS)
         dw = torch.empty(programs, n, device=x2.device, dtype=torch.float32)
         db = torch.empty_like(dw)
         with _guard(x2):

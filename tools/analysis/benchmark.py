@@ -35,6 +35,8 @@ MMDET_SWIN = {SWIN['tiny']: dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(
               SWIN['small']: dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
               SWIN['base']: dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))}
 GLOBAL_ATTENTION = 'deit_small_patch16_224'
+# stochastic depth of each baseline's ImageNet recipe (VMamba's presets carry theirs: 0.2 / 0.3 / 0.6 for T/S/B)
+RECIPE_DROP_PATH = {SWIN['tiny']: 0.2, SWIN['small']: 0.3, SWIN['base']: 0.5, CONVNEXT: 0.1, GLOBAL_ATTENTION: 0.1}
 SWEEP_SIZES = (224, 384, 512, 640, 768, 1024)
 
 
@@ -116,6 +118,7 @@ def timm_model(name: str, **kwargs) -> nn.Module:
         import timm
     except ImportError as err:
         raise SystemExit(f'The baselines need timm (pip install timm): {err}') from err
+    kwargs.setdefault('drop_path_rate', RECIPE_DROP_PATH.get(name, 0.0))
     return timm.create_model(name, pretrained=False, **kwargs)
 
 

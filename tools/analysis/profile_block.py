@@ -2,10 +2,12 @@
 
 Builds one block per stage of a preset at the stage's feature size, runs each part on its own input under bf16
 autocast (or fp32), times with CUDA events (median of repeats after warm-up) and prints one table per stage plus a
-total over the whole model (part time x blocks per stage).
+total over the whole model (part time x blocks per stage). ``--trace`` instead profiles whole training steps of the
+1000-class classifier (forward, backward, AdamW) with torch.profiler and prints the CUDA kernels by total time.
 
     python tools/analysis/profile_block.py --arch tiny --batch 128 --size 224
     python tools/analysis/profile_block.py --arch tiny --batch 2 --size 800 1216 --dtype fp32
+    python tools/analysis/profile_block.py --arch tiny --batch 128 --trace
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--dtype', choices=['bf16', 'fp32'], default='bf16', help='autocast dtype (fp32: none)')
     parser.add_argument('--repeats', type=int, default=20)
     parser.add_argument('--backend', default=None, help='ops backend (default: by device)')
+    parser.add_argument('--trace', action='store_true', help='kernel table of whole training steps instead')
     return parser.parse_args()
 
 
@@ -87,11 +90,42 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
     return parts
 
 
+def trace_training_steps(args: argparse.Namespace, height: int, width: int, steps: int = 3) -> None:
+    """CUDA kernels of ``steps`` training steps (forward, backward, AdamW) by total time."""
+    backbone = VMamba(args.arch, out_indices=(3,)).cuda()
+    head = torch.nn.Linear(backbone.dims[3], 1000).cuda()
+    params = [*backbone.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    x = torch.randn(args.batch, 3, height, width, device='cuda')
+    target = torch.randint(0, 1000, (args.batch,), device='cuda')
+
+    def step():
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.dtype == 'bf16'):
+            loss = F.cross_entropy(head(backbone(x)[0].mean((2, 3))), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    print(f'CUDA kernels of {steps} training steps (times are totals over the steps)')
+    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=30, max_name_column_width=70))
+
+
 def main() -> None:
     args = parse_args()
     if not torch.cuda.is_available():
         raise SystemExit('profile_block times CUDA kernels: run it on a GPU machine.')
     height, width = (args.size * 2)[:2]
+    if args.trace:
+        trace_training_steps(args, height, width)
+        return
     model = VMamba(args.arch, drop_path_rate=0.0).cuda().train()
     autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.dtype == 'bf16')
     print(f'{torch.cuda.get_device_name()}, VMamba {args.arch}, batch {args.batch}, {height}x{width}, {args.dtype}')
