@@ -1,3 +1,4 @@
 from .backbones import VMamba
+from .tta import DetInstanceTTAModel
 
-__all__ = ['VMamba']
+__all__ = ['DetInstanceTTAModel', 'VMamba']
