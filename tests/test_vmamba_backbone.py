@@ -257,3 +257,16 @@ def test_missing_and_invalid_checkpoints_raise(tmp_path):
         load_checkpoint(VMamba(SMALL_V2), str(empty))
     with pytest.raises(ValueError, match='URL'):
         load_checkpoint(VMamba(SMALL_V2), 'https://example.org/vmamba.pth')
+
+
+def test_drop_path_scales_whole_samples_in_training_only():
+    from mmvmamba.models.backbones.vmamba import DropPath
+    torch.manual_seed(0)
+    drop = DropPath(0.5)
+    residual, branch = torch.randn(64, 3, 4), torch.randn(64, 3, 4)
+    out = drop.add(residual, branch)
+    dropped = torch.isclose(out, residual).flatten(1).all(1)
+    kept = torch.isclose(out, residual + 2 * branch).flatten(1).all(1)
+    assert torch.all(dropped ^ kept) and dropped.any() and kept.any()
+    drop.eval()
+    assert torch.equal(drop.add(residual, branch), residual + branch)

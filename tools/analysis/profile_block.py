@@ -109,13 +109,25 @@ def trace_training_steps(args: argparse.Namespace, height: int, width: int, step
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    activities = [torch.profiler.ProfilerActivity.CUDA]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = sum(e.self_device_time_total for e in events if e.device_type.name == 'CUDA') / 1e3 / steps
+    print(f'step: {start.elapsed_time(end) / steps:.1f} ms wall, {kernels:.1f} ms of CUDA kernels '
+          f'(the rest is the GPU waiting for the host)')
     print(f'CUDA kernels of {steps} training steps (times are totals over the steps)')
-    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=30, max_name_column_width=70))
+    print(events.table(sort_by='self_device_time_total', row_limit=25, max_name_column_width=60))
+    print('host side, by self CPU time')
+    print(events.table(sort_by='self_cpu_time_total', row_limit=25, max_name_column_width=60))
 
 
 def main() -> None:

@@ -108,30 +108,42 @@ class Permute(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth per sample."""
+    """Stochastic depth per sample, applied where the branch joins the residual stream (:meth:`add`)."""
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def add(self, residual: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """residual + DropPath(branch), in one kernel (the per-sample scale is applied inside ``addcmul``)."""
         if self.drop_prob == 0.0 or not self.training:
-            return x
+            return residual + branch
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        shape = (branch.shape[0],) + (1,) * (branch.dim() - 1)
+        scale = residual.new_empty(shape).bernoulli_(keep).div_(keep)
+        return torch.addcmul(residual, branch, scale)
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
 
 
-class LinearInputNorm(nn.LayerNorm):
-    """A LayerNorm whose output feeds a Linear: float32 statistics, output in the autocast dtype when autocast is on
-    (what the Linear would cast it to), in one kernel on CUDA. Same parameters and function as ``nn.LayerNorm``."""
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dim on mmvmamba's LayerNorm op (one Triton kernel on CUDA), same parameters.
+
+    Under autocast the output is float32, as autocast makes ``F.layer_norm``'s, or, with ``linear_input``, the
+    autocast dtype: what the Linear that follows casts it to, without a float32 tensor and a cast in between.
+    """
+
+    def __init__(self, dim: int, linear_input: bool = False):
+        super().__init__(dim)
+        self.linear_input = linear_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device) if self.linear_input else torch.float32
+        else:
+            dtype = x.dtype
         return layer_norm(x, self.weight, self.bias, self.eps, dtype)
 
 
@@ -164,7 +176,7 @@ class SS2D(nn.Module):
         self.A_logs = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(
             ROUTES * d_inner, 1))
         self.Ds = nn.Parameter(torch.ones(ROUTES * d_inner))
-        self.out_norm = LinearInputNorm(d_inner)
+        self.out_norm = LayerNorm(d_inner, linear_input=True)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,18 +225,18 @@ class VSSBlock(nn.Module):
     def __init__(self, dim: int, drop_path: float, d_state: int, ssm_ratio: float, gated: bool, conv_bias: bool,
                  mlp_ratio: float):
         super().__init__()
-        self.norm = LinearInputNorm(dim)
+        self.norm = LayerNorm(dim, linear_input=True)
         self.op = SS2D(dim, d_state, ssm_ratio, gated, conv_bias)
         self.drop_path = DropPath(drop_path)
         self.mlp_ratio = mlp_ratio
         if mlp_ratio > 0:
-            self.norm2 = LinearInputNorm(dim)
+            self.norm2 = LayerNorm(dim, linear_input=True)
             self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.op(self.norm(x)))
+        x = self.drop_path.add(x, self.op(self.norm(x)))
         if self.mlp_ratio > 0:
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            x = self.drop_path.add(x, self.mlp(self.norm2(x)))
         return x
 
 
@@ -233,7 +245,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = LayerNorm(4 * dim, linear_input=True)
         self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,18 +258,18 @@ class PatchMerging(nn.Module):
 def _conv_downsample(dim: int, out_dim: int) -> nn.Sequential:
     """Downsample v3: 3x3 stride-2 conv then norm (keys .1 and .3)."""
     return nn.Sequential(Permute(0, 3, 1, 2), nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1),
-                         Permute(0, 2, 3, 1), nn.LayerNorm(out_dim))
+                         Permute(0, 2, 3, 1), LayerNorm(out_dim))
 
 
 def _patch_embed(version: str, in_channels: int, dim: int) -> nn.Sequential:
     """v1: 4x4 stride-4 conv, norm (keys .0, .2); v2: two 3x3 stride-2 convs with norms and GELU (.0 .2 .5 .7)."""
     if version == 'v1':
         return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=4, stride=4), Permute(0, 2, 3, 1),
-                             nn.LayerNorm(dim))
+                             LayerNorm(dim))
     return nn.Sequential(
         nn.Conv2d(in_channels, dim // 2, kernel_size=3, stride=2, padding=1), Permute(0, 2, 3, 1),
-        nn.LayerNorm(dim // 2), Permute(0, 3, 1, 2), nn.GELU(),
-        nn.Conv2d(dim // 2, dim, kernel_size=3, stride=2, padding=1), Permute(0, 2, 3, 1), nn.LayerNorm(dim))
+        LayerNorm(dim // 2), Permute(0, 3, 1, 2), nn.GELU(),
+        nn.Conv2d(dim // 2, dim, kernel_size=3, stride=2, padding=1), Permute(0, 2, 3, 1), LayerNorm(dim))
 
 
 class VSSStage(nn.Module):
@@ -329,7 +341,7 @@ class VMamba(BaseModule):
                 downsample = _conv_downsample(self.dims[i], self.dims[i + 1])
             self.layers.append(VSSStage(blocks, downsample))
         for i in out_indices:
-            self.add_module(f'outnorm{i}', nn.LayerNorm(self.dims[i]))
+            self.add_module(f'outnorm{i}', LayerNorm(self.dims[i]))
         self.apply(self._init_module)
         self._freeze_stages()
 
