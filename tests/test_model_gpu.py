@@ -8,6 +8,16 @@ from mmvmamba.models.backbones.vmamba import VMamba
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture(autouse=True)
+def full_fp32():
+    """No TF32 in convolutions and matmuls: both models then compute in float32, and the comparison measures the
+    ops, not TF32's 10-bit rounding of slightly different inputs."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 

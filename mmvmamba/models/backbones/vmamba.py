@@ -392,7 +392,8 @@ class VMamba(BaseModule):
         self._check_input(x)
         if self.arch['patch_embed'] == 'v1':
             x = F.pad(x, (0, -x.shape[3] % 4, 0, -x.shape[2] % 4))
-        x = self.patch_embed(x)
+        # channels-last convolutions give channel-last features: the norms after them need no copy
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         checkpointing = self.with_cp and self.training and torch.is_grad_enabled()
         outs = []
         for i, layer in enumerate(self.layers):
