@@ -1,7 +1,7 @@
 # UperNet 160k iterations: AdamW lr 6e-5 (16 images per step: 8 GPUs x 2), weight decay 0.01, linear warmup over
 # 1500 iterations from 1e-6 x lr, then poly decay (power 1) to 0 at 160k; validation and checkpoints every 16k.
-# Weight decay policy (docs/training.md): none on the SSM parameters A_logs, Ds and dt_projs_bias, on normalisation
-# layers and on biases; decay on every other weight.
+_base_ = ['./vmamba_weight_decay.py']  # no decay on A_logs, Ds, dt_projs_bias, norms, biases
+
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
@@ -13,14 +13,6 @@ param_scheduler = [
 
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.0,
-        bias_decay_mult=0.0,
-        custom_keys={
-            '.A_logs': dict(decay_mult=0.0),
-            '.Ds': dict(decay_mult=0.0),
-            '.dt_projs_bias': dict(decay_mult=0.0),
-        }))
+    optimizer=dict(type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01))
 
 auto_scale_lr = dict(enable=False, base_batch_size=16)
