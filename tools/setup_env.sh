@@ -82,7 +82,7 @@ if [[ $MMCV_OK == 0 ]]; then
     WHEEL_DIR=$CACHE/py$PYVER-torch$TORCH-$OPS
     if ! compgen -G "$WHEEL_DIR/mmcv-$MMCV_VERSION-*.whl" >/dev/null; then
         echo "    no cached wheel in $WHEEL_DIR: building mmcv $MMCV_VERSION from source"
-        echo "    (one time: about 35 CPU-minutes, so 20+ minutes on 2 idle cores; longer with CUDA ops)"
+        echo "    (one time: about 15 minutes on 2 idle cores; longer on a busy machine or with CUDA ops)"
         BUILD_DIR=$(mktemp -d)
         "$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
             "mmcv==$MMCV_VERSION" -d "$BUILD_DIR"
