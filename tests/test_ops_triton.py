@@ -247,13 +247,26 @@ def interpreter_scan(device='cpu'):
     check_selective_scan(1, 12, 3, 40, 1, torch.float32, device)  # 3 channel blocks, 3 chunks
     check_selective_scan(2, 4, 1, 15, 2, torch.float32, device, with_d_and_bias=False, softplus=False)
     check_selective_scan(1, 6, 2, 33, 3, torch.bfloat16, device, float32_output=False)
+    check_no_grad_scan(device)
+
+
+def check_no_grad_scan(device):
+    """Without autograd the forward keeps no chunk states, only the final one: y and the last state still match."""
+    x = scan_inputs(2, 8, 2, 37, 2, torch.float32, device)
+    xc = cross_inputs(1, 4, 1, 5, 6, torch.float32, device)
+    with torch.no_grad(), poisoned_allocations():
+        y, last = triton_backend.selective_scan(**x, return_last_state=True)
+        out = triton_backend.cross_selective_scan(**xc)
+    y_ref, last_ref = reference.selective_scan(**{k: v.double() for k, v in x.items()}, return_last_state=True)
+    assert rel_l2(y, y_ref) <= FP32_TOL and rel_l2(last, last_ref) <= FP32_TOL
+    assert rel_l2(out, reference.cross_selective_scan(**{k: v.double() for k, v in xc.items()})) <= FP32_TOL
 
 
 def interpreter_segments(device='cpu'):
-    """Rows cut into segments chained by the look-back, prefetch depths 1 and 3."""
-    with triton_backend.tile_config(T=8, min_seg=3, PF_fwd=3, PF_bwd=1):
+    """Rows cut into segments chained by the look-back, with and without loading the next chunk ahead."""
+    with triton_backend.tile_config(T=8, min_seg=3, PF_fwd=1, PF_bwd=0):
         check_selective_scan(1, 6, 2, 45, 2, torch.float32, device)
-    with triton_backend.tile_config(T=8, min_seg=2, PF_fwd=1, PF_bwd=3):
+    with triton_backend.tile_config(T=8, min_seg=2, PF_fwd=0, PF_bwd=1):
         check_cross_selective_scan(1, 3, 1, 3, 7, torch.float32, device)
 
 
@@ -370,8 +383,8 @@ def test_selective_scan_gpu(batch, channels, n_state, length, groups, dtype, wit
 
 
 @gpu
-@pytest.mark.parametrize('T,BC,WIN,GB,min_seg,PF', [(8, 4, 2, 1, 300, 1), (8, 8, 2, 1000, 40, 3),
-                                                    (16, 32, 16, 3, 4, 2)])
+@pytest.mark.parametrize('T,BC,WIN,GB,min_seg,PF', [(8, 4, 2, 1, 300, 1), (8, 8, 2, 1000, 40, 0),
+                                                    (16, 32, 16, 3, 4, 1)])
 def test_selective_scan_gpu_small_tiles(T, BC, WIN, GB, min_seg, PF):
     """Many segments per row, so the look-back walks several windows of aggregates while predecessors run."""
     with triton_backend.tile_config(T=T, BC=BC, WIN=WIN, GB=GB, min_seg=min_seg, PF_fwd=PF, PF_bwd=PF):

@@ -29,10 +29,10 @@ _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 
 @dataclasses.dataclass(frozen=True)
 class TileConfig:
-    """Work split of the scan kernels: T steps x BC channels per chunk; rows cut into segments until there are
-    about ``programs`` programs (at least ``min_seg`` segments a row); WIN segments read per look-back round trip;
-    GB (batch, channel block) groups per block of the program order (see :func:`kernels._ticket`); PF chunks loaded
-    ahead of their use (1 to 3; each costs registers, and the backward has none to spare)."""
+    """Work split of the scan kernels: T steps x BC channels per chunk; rows cut into segments when there are fewer
+    than half of ``programs`` rows (at least ``min_seg`` segments a row); WIN segments read per look-back round trip;
+    GB (batch, channel block) groups per block of the program order (see :func:`kernels._ticket`); PF_fwd / PF_bwd:
+    1 loads the next chunk while the current one is computed, 0 after it."""
     T: int
     BC: int
     WIN: int
@@ -61,26 +61,27 @@ def tile_config(**fields: int) -> Iterator[None]:
 
 
 def scan_config(n_state: int, channels: int, length: int) -> TileConfig:
-    """Chunks of 8 steps, (step, state, channel) tiles of 256 to 1024 elements at about two to four a thread:
-    registers, not bandwidth, bound these kernels' occupancy (the backward keeps some twenty tiles live). Wide
-    channel blocks for small d_state keep the loads of channel-last inputs coalesced. Measured on an H100 over the
-    sweep of tools/analysis/benchmark_ops.py (docs/ops.md)."""
+    """One warp a program, every thread owning whole channels with all of their states: BC = 32 channels for
+    d_state 1 or 2, fewer (NP x BC of 64 to 128 elements) for larger d_state. Chunks of 8 steps (4 from d_state 8):
+    the backward keeps every step's state and decay of a chunk in registers, and its unrolled code at 16 steps
+    takes Triton 3.6 a minute and a half to compile."""
     n_pad = triton.next_power_of_2(n_state)
     if _INTERPRET:
         cfg = TileConfig(T=16, BC=min(4, triton.next_power_of_2(channels)), WIN=4, GB=1, programs=1, min_seg=1,
-                         warps_fwd=4, warps_bwd=4, PF_fwd=2, PF_bwd=2)
+                         warps_fwd=1, warps_bwd=1, PF_fwd=1, PF_bwd=1)
     else:
-        bc = min(triton.next_power_of_2(channels), 32 if n_pad <= 2 else 16 if n_pad <= 4 else 8 if n_pad <= 16 else 2)
-        t = max(8, min(256 // (n_pad * bc), triton.next_power_of_2(length)))
-        warps = max(1, min(8, t * n_pad * bc // 64))
-        cfg = TileConfig(T=t, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), GB=1, programs=1024, min_seg=1,
-                         warps_fwd=warps, warps_bwd=warps, PF_fwd=2, PF_bwd=1)
+        bc = min(triton.next_power_of_2(channels), max(2, 64 // n_pad) if n_pad > 2 else 32)
+        t = 8 if n_pad < 8 else 4
+        cfg = TileConfig(T=t, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), GB=1, programs=2048, min_seg=1,
+                         warps_fwd=1, warps_bwd=1, PF_fwd=1, PF_bwd=1)
     return dataclasses.replace(cfg, **_override)
 
 
 def _segments(rows: int, n_chunks: int, cfg: TileConfig) -> tuple[int, int]:
-    """(chunks per segment, segments per row)."""
-    n_seg = min(n_chunks, max(cfg.min_seg, triton.cdiv(cfg.programs, rows)))
+    """(chunks per segment, segments per row): rows are cut only when they alone cannot fill the GPU, since a cut
+    row's segments read their inputs twice (aggregate pass, then outputs)."""
+    wanted = triton.cdiv(cfg.programs, rows) if 2 * rows < cfg.programs else 1
+    n_seg = min(n_chunks, max(cfg.min_seg, wanted))
     seg_chunks = triton.cdiv(n_chunks, n_seg)
     return seg_chunks, triton.cdiv(n_chunks, seg_chunks)
 
@@ -183,7 +184,7 @@ def cross_merge(y: torch.Tensor) -> torch.Tensor:
 @dataclasses.dataclass
 class _Geometry:
     """How the scan kernels see their operands: rows of (batch, route, channel) over L = H * W steps, and for every
-    strided operand its strides along (batch, route, channel or state, image row, image column)."""
+    strided operand its strides along (batch, route, channel or state, image position in row-major order)."""
     batch: int
     routes: int
     channels: int
@@ -197,16 +198,28 @@ class _Geometry:
         return self.height * self.width
 
 
-def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool, cfg: TileConfig):
+def _check_offsets(geo: _Geometry, ops: dict) -> None:
+    """The kernels address a position inside one (batch, route) slice of an operand with 32-bit offsets."""
+    for name, (_, strides) in ops.items():
+        span = (geo.length - 1) * abs(strides[3]) + max(geo.channels, geo.n_state) * abs(strides[2])
+        if span >= 2 ** 31:
+            raise ValueError(f'selective scan: operand {name!r} spans {span} elements within one batch item and '
+                             'route, more than 32-bit offsets reach; split the batch or the image')
+
+
+def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool, cfg: TileConfig,
+                    save_states: bool):
     """Run the forward scan kernel; returns the float32 states entering each chunk plus the final one,
-    (rows, n_chunks + 1, NP, BC) with rows = (batch, route, channel block)."""
+    (rows, n_chunks + 1, NP, BC) with rows = (batch, route, channel block), or only the final one,
+    (rows, 1, NP, BC), unless ``save_states`` (for a backward)."""
+    _check_offsets(geo, ops)
     u, delta, B, C, y = (ops[name] for name in ('u', 'delta', 'B', 'C', 'y'))
     n_pad = triton.next_power_of_2(geo.n_state)
     n_cblk, n_chunks = triton.cdiv(geo.channels, cfg.BC), triton.cdiv(geo.length, cfg.T)
     rows = geo.batch * geo.routes * n_cblk
     seg_chunks, n_seg = _segments(rows, n_chunks, cfg)
     dev = A.device
-    states = torch.empty(rows, n_chunks + 1, n_pad, cfg.BC, device=dev, dtype=torch.float32)
+    states = torch.empty(rows, n_chunks + 1 if save_states else 1, n_pad, cfg.BC, device=dev, dtype=torch.float32)
     status = torch.empty(rows * n_seg * 3 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
     flags = torch.zeros(rows * n_seg + 1, device=dev, dtype=torch.int32)
     with _guard(A):
@@ -215,7 +228,8 @@ def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool,
             states, status, flags, geo.length, geo.height, geo.width, geo.n_state, geo.channels, geo.routes, n_cblk,
             n_chunks, seg_chunks, n_seg, cfg.GB, *u[1], *delta[1], *B[1], *C[1], *y[1],
             CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            T=cfg.T, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, PF=cfg.PF_fwd, num_warps=cfg.warps_fwd)
+            T=cfg.T, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, PF=cfg.PF_fwd, SAVE_STATES=save_states,
+            num_warps=cfg.warps_fwd)
     return states
 
 
@@ -235,6 +249,7 @@ def _launch_backward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool
     dA = torch.zeros(A.shape, device=dev, dtype=torch.float32)
     dD = torch.zeros(A.shape[0], device=dev, dtype=torch.float32) if D is not None else None
     dbias = torch.zeros(A.shape[0], device=dev, dtype=torch.float32) if delta_bias is not None else None
+    _check_offsets(geo, ops)
     names = ('u', 'delta', 'B', 'C', 'gy', 'du', 'ddelta', 'dB', 'dC')
     u, delta, B, C, gy, du, ddelta, dB, dC = (ops[name] for name in names)
     with _guard(A):
@@ -258,19 +273,25 @@ def _last_state(states: torch.Tensor, geo: _Geometry) -> torch.Tensor:
 
 
 def _seq_operand(t: torch.Tensor, groups: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(batch, channels, L) seen as (batch, group, channel in group, 1, L)."""
-    return t, (t.stride(0), t.stride(1) * (t.shape[1] // groups), t.stride(1), 0, t.stride(2))
+    """(batch, channels, L) seen as (batch, group, channel in group, L)."""
+    return t, (t.stride(0), t.stride(1) * (t.shape[1] // groups), t.stride(1), t.stride(2))
 
 
 def _state_operand(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(batch, G, N, L) seen as (batch, group, state, 1, L)."""
-    return t, (t.stride(0), t.stride(1), t.stride(2), 0, t.stride(3))
+    """(batch, G, N, L) seen as (batch, group, state, L)."""
+    return t, t.stride()
 
 
 def _scan_geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> _Geometry:
     batch, channels, length = u.shape
     groups = B.shape[1]
     return _Geometry(batch, groups, channels // groups, A.shape[1], 1, length, cross=False)
+
+
+def _channels_fastest(t: torch.Tensor) -> torch.Tensor:
+    """(batch, channels, L) with the channels adjacent in memory (a transposed view of a (batch, L, channels)
+    buffer), so that each scan step reads one contiguous run of channels: t itself when it already is, else a copy."""
+    return t if t.stride(1) == 1 else t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 class SelectiveScan(torch.autograd.Function):
@@ -281,10 +302,11 @@ class SelectiveScan(torch.autograd.Function):
         geo = _scan_geometry(u, A, B)
         cfg = scan_config(geo.n_state, geo.channels, geo.length)
         A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
-        y = torch.empty(u.shape, device=u.device, dtype=torch.float32 if float32_output else u.dtype)
+        u, delta = _channels_fastest(u), _channels_fastest(delta)
+        y = torch.empty_like(u, dtype=torch.float32 if float32_output else u.dtype)  # u's channel-fastest layout
         ops = dict(u=_seq_operand(u, geo.routes), delta=_seq_operand(delta, geo.routes), B=_state_operand(B),
                    C=_state_operand(C), y=_seq_operand(y, geo.routes))
-        states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg)
+        states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg, any(ctx.needs_input_grad))
         last_state = _last_state(states, geo)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
         ctx.delta_softplus, ctx.cfg = delta_softplus, cfg
@@ -295,6 +317,7 @@ class SelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_y, grad_last_state):
         u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
         geo = _scan_geometry(u, A, B)
+        grad_y = _channels_fastest(grad_y)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dB = torch.zeros(B.shape, device=B.device, dtype=torch.float32)
         dC = torch.zeros(C.shape, device=C.device, dtype=torch.float32)
@@ -330,6 +353,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 class _NoCtx:
     """Stands in for the autograd context when no gradient is needed."""
 
+    needs_input_grad = ()
+
     def save_for_backward(self, *tensors):
         pass
 
@@ -341,14 +366,23 @@ class _NoCtx:
 # fused cross selective scan
 
 
+def _positions_flat(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy where its (H, W) dims do not merge into one position dim (the kernels address image
+    positions by their row-major index)."""
+    height, width = t.shape[-2:]
+    return t if height == 1 or width == 1 or t.stride(-2) == width * t.stride(-1) else t.contiguous()
+
+
 def _image_operand(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(batch, C, H, W) shared by the routes (route stride 0), or (batch, 4, C|N, H, W) per route."""
-    return t, ((t.stride(0), 0, *t.stride()[1:]) if t.dim() == 4 else t.stride())
+    """(batch, C, H, W) shared by the routes (route stride 0), or (batch, 4, C|N, H, W) per route; its (H, W) dims
+    must merge (see :func:`_positions_flat`)."""
+    position = t.stride(-1) if t.shape[-1] > 1 else t.stride(-2)
+    return t, ((t.stride(0), 0, t.stride(1), position) if t.dim() == 4 else (*t.stride()[:3], position))
 
 
-def _merged_operand(t: torch.Tensor, width: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+def _merged_operand(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """(batch, C, L) in image order, shared by the routes."""
-    return t, (t.stride(0), 0, t.stride(1), width * t.stride(2), t.stride(2))
+    return t, (t.stride(0), 0, t.stride(1), t.stride(2))
 
 
 def _route_state_buffer(batch: int, n_state: int, height: int, width: int, device) -> torch.Tensor:
@@ -356,16 +390,18 @@ def _route_state_buffer(batch: int, n_state: int, height: int, width: int, devic
     return torch.zeros(batch, height, width, ROUTES, n_state, device=device, dtype=torch.float32).permute(0, 3, 4, 1, 2)
 
 
-def _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus):
-    """The fused forward kernel: float32 (B, C, L) output (a view of a channel-last buffer), chunk states, tiles."""
+def _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, save_states: bool):
+    """The fused forward kernel: float32 (B, C, L) output (a view of a channel-last buffer), chunk states (for the
+    backward when ``save_states``), tiles. x, delta, B, C must have mergeable (H, W) dims (see
+    :func:`_positions_flat`)."""
     batch, channels, height, width = x.shape
     geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
     cfg = scan_config(geo.n_state, channels, geo.length)
     A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
     out = torch.zeros(batch, geo.length, channels, device=x.device, dtype=torch.float32).transpose(1, 2)
     ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
-               y=_merged_operand(out, width))
-    states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg)
+               y=_merged_operand(out))
+    states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg, save_states)
     return out, states, cfg
 
 
@@ -378,7 +414,7 @@ def _cross_backward(x, delta, A, B, C, D, delta_bias, delta_softplus, states, cf
     dB = _route_state_buffer(batch, geo.n_state, height, width, x.device)
     dC = _route_state_buffer(batch, geo.n_state, height, width, x.device)
     ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
-               gy=_merged_operand(grad_out, width), du=_image_operand(dx), ddelta=_image_operand(ddelta),
+               gy=_merged_operand(grad_out), du=_image_operand(dx), ddelta=_image_operand(ddelta),
                dB=_image_operand(dB), dC=_image_operand(dC))
     dA, dD, dbias = _launch_backward(geo, ops, A, D, delta_bias, delta_softplus, states, cfg)
     return (dx.to(x.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
@@ -390,7 +426,7 @@ class CrossSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output):
-        out, states, cfg = _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus)
+        out, states, cfg = _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, True)
         ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, states)
         ctx.delta_softplus, ctx.cfg = delta_softplus, cfg
         return out if float32_output else out.to(x.dtype)
@@ -437,7 +473,7 @@ class LowRankCrossSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, delta, delta_weight, A, B, C, D, delta_bias, delta_softplus, float32_output):
         full = expand_low_rank_delta(delta, delta_weight)
-        out, states, cfg = _cross_forward(x, full, A, B, C, D, delta_bias, delta_softplus)
+        out, states, cfg = _cross_forward(x, full, A, B, C, D, delta_bias, delta_softplus, True)
         ctx.save_for_backward(x, delta, delta_weight, A, B, C, D, delta_bias, states)
         ctx.delta_softplus, ctx.cfg = delta_softplus, cfg
         return out if float32_output else out.to(x.dtype)
@@ -468,12 +504,15 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     if _is_float64(*args, delta_weight):
         return reference.cross_selective_scan(*args, delta_softplus, float32_output, delta_weight)
     reference._check_cross_inputs(*args, delta_weight)
+    x, B, C = _positions_flat(x), _positions_flat(B), _positions_flat(C)
+    args = (x, delta, A, B, C, D, delta_bias)
     if delta_weight is not None:
         if _needs_grad(*args, delta_weight):
             return LowRankCrossSelectiveScan.apply(x, delta, delta_weight, *args[2:], delta_softplus, float32_output)
         delta = expand_low_rank_delta(delta, delta_weight)
+    delta = _positions_flat(delta)
     if _needs_grad(x, delta, *args[2:]):
         return CrossSelectiveScan.apply(x, delta, *args[2:], delta_softplus, float32_output)
     with torch.no_grad():
-        out = _cross_forward(x, delta, *args[2:], delta_softplus)[0]
+        out = _cross_forward(x, delta, *args[2:], delta_softplus, False)[0]
     return out if float32_output else out.to(x.dtype)

@@ -6,10 +6,14 @@ carrying the state in registers:
 
     h_t = a_t * h_{t-1} + b_t,   a_t = exp(dt_t * A),  b_t = dt_t * B_t * u_t,  y_t = <C_t, h_t> + D * u_t
 
-Inside a chunk, ``tl.associative_scan`` on (a, b) pairs gives every step as an affine map h_t = P_t * h_in + S_t of
-the state entering the chunk. A row is cut into several segments only when rows alone are too few to fill the GPU;
-the segments are then chained by a decoupled look-back (as in single-pass prefix sums): a program first computes its
-segment's aggregate (P, S), publishes it, reads its predecessors' aggregates or inclusive states, a window of WIN
+Every thread owns whole channels (and states) of the block, so the recurrence runs step by step in registers with no
+exchange between threads: a chunk's T steps are unrolled, their loads issued together (and, with PF, one chunk
+ahead), then the T updates follow. Each step reads BC consecutive channels of one image position, which the routes
+give as a row-major index ``p`` stepping by +-1 (rows) or +-W (columns, wrapping to the next column).
+
+A row is cut into several segments only when rows alone are too few to fill the GPU; the segments are then chained
+by a decoupled look-back (as in single-pass prefix sums): a program first computes its segment's aggregate (P, S)
+(h_out = P * h_in + S), publishes it, reads its predecessors' aggregates or inclusive states, a window of WIN
 segments per round trip, until it meets an inclusive state, publishes its own inclusive state and only then makes its
 outputs. Programs take their work from an atomic ticket, so a program only ever waits on programs that have already
 started: no deadlock whatever order the hardware schedules them in.
@@ -18,6 +22,8 @@ The backward runs the same machinery over reversed time for the adjoint state g_
 recomputes h inside each chunk from the state the forward saved at the chunk's start, and forms every gradient from
 (h, g) in registers.
 """
+import os
+
 import triton
 import triton.language as tl
 
@@ -32,24 +38,27 @@ def _combine(a1, b1, a2, b2):
     return a1 * a2, a2 * b1 + b2
 
 
+if os.environ.get('TRITON_INTERPRET') == '1':
+    @triton.jit
+    def _log(x):
+        """Natural logarithm (the interpreter's)."""
+        return tl.log(x)
+else:
+    @triton.jit
+    def _log(x):
+        """Natural logarithm of a float32 tile from the hardware's log2 approximation (relative error about 2^-22):
+        tl.log's libdevice polynomial with its branches costs several times more in the scan's inner loop."""
+        return tl.inline_asm_elementwise('lg2.approx.ftz.f32 $0, $1;', '=r,r', [x], dtype=tl.float32, is_pure=True,
+                                         pack=1) * 0.6931471805599453
+
+
 @triton.jit
 def _softplus(x):
     """log(1 + exp(x)) (x itself above 20, as torch), with an accurate log1p for small exp(x)."""
     z = tl.exp(x)
     w = 1.0 + z
-    sp = tl.where(w == 1.0, z, tl.log(w) * tl.fdiv(z, w - 1.0))
+    sp = tl.where(w == 1.0, z, _log(w) * tl.fdiv(z, w - 1.0))
     return tl.where(x > 20.0, x, sp)
-
-
-@triton.jit
-def _route_hw(k, t, L, H, W, CROSS: tl.constexpr):
-    """Image row and column of step t of route k: row-major, column-major, and both reversed. Unrouted: (0, t)."""
-    if CROSS:
-        tt = tl.where(k >= 2, L - 1 - t, t)
-        col = (k % 2) == 1
-        return tl.where(col, tt % H, tt // W), tl.where(col, tt // H, tt % W)
-    else:
-        return t * 0, t
 
 
 @triton.jit
@@ -136,84 +145,66 @@ def _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB):
 
 
 @triton.jit
-def _tile_ptrs(base, idx, s_idx, hh, ww, s_h, s_w):
-    """Pointers of a (T, len(idx)) tile: steps along rows (image positions hh, ww), channels or states along idx."""
-    return base + idx[None, :] * s_idx + (hh * s_h + ww * s_w)[:, None]
-
-
-@triton.jit
-def _chunk_loads(u_base, dl_base, B_base, C_base, k, ci, valid, c, n, mc, mn, L, H, W,
-                 s_uc, s_uh, s_uw, s_dc, s_dh, s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw,
-                 CROSS: tl.constexpr, T: tl.constexpr):
-    """Chunk ci's tiles in their stored dtype (all masked off unless ``valid``): u and delta (T, BC), B and C (T, NP).
-    Issued PF chunks ahead of their use, so that their latency overlaps the work on the chunks before."""
-    t = ci * T + tl.arange(0, T)
-    mt = (t < L) & valid
-    hh, ww = _route_hw(k, t, L, H, W, CROSS)
-    m2 = mt[:, None] & mc[None, :]
-    mtn = mt[:, None] & mn[None, :]
-    return (tl.load(_tile_ptrs(u_base, c, s_uc, hh, ww, s_uh, s_uw), mask=m2, other=0.0),
-            tl.load(_tile_ptrs(dl_base, c, s_dc, hh, ww, s_dh, s_dw), mask=m2, other=0.0),
-            tl.load(_tile_ptrs(B_base, n, s_Bn, hh, ww, s_Bh, s_Bw), mask=mtn, other=0.0),
-            tl.load(_tile_ptrs(C_base, n, s_Cn, hh, ww, s_Ch, s_Cw), mask=mtn, other=0.0))
-
-
-@triton.jit
-def _queue_start(u_base, dl_base, B_base, C_base, k, start, stop, c, n, mc, mn, L, H, W,
-                 s_uc, s_uh, s_uw, s_dc, s_dh, s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw,
-                 CROSS: tl.constexpr, T: tl.constexpr, PF: tl.constexpr, STEP: tl.constexpr):
-    """The prefetch queue before a loop over chunks start, start + STEP, ... (up to ``stop``, excluded when STEP is
-    1, included when it is -1): the first PF chunks in slots 0, 1, 2; unused slots repeat slot 0."""
-    u0, d0, B0, C0 = _chunk_loads(u_base, dl_base, B_base, C_base, k, start, (start < stop) if STEP > 0 else
-                                  (start >= stop), c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc, s_dh, s_dw,
-                                  s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, CROSS, T)
-    u1, d1, B1, C1 = u0, d0, B0, C0
-    u2, d2, B2, C2 = u0, d0, B0, C0
-    if PF >= 2:
-        u1, d1, B1, C1 = _chunk_loads(u_base, dl_base, B_base, C_base, k, start + STEP, (start + 1 < stop) if STEP > 0
-                                      else (start - 1 >= stop), c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc, s_dh,
-                                      s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, CROSS, T)
-    if PF >= 3:
-        u2, d2, B2, C2 = _chunk_loads(u_base, dl_base, B_base, C_base, k, start + 2 * STEP, (start + 2 < stop)
-                                      if STEP > 0 else (start - 2 >= stop), c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw,
-                                      s_dc, s_dh, s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, CROSS, T)
-    return u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2
-
-
-@triton.jit
-def _advance(u_base, dl_base, B_base, C_base, k, ci, stop, c, n, mc, mn, L, H, W,
-             s_uc, s_uh, s_uw, s_dc, s_dh, s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw,
-             u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2,
-             CROSS: tl.constexpr, T: tl.constexpr, PF: tl.constexpr, STEP: tl.constexpr):
-    """Shift the prefetch queue (slot 0 is used next) and load the chunk PF steps past chunk ci into its tail."""
-    ahead = ci + STEP * PF
-    nu, nd, nB, nC = _chunk_loads(u_base, dl_base, B_base, C_base, k, ahead, (ahead < stop) if STEP > 0 else
-                                  (ahead >= stop), c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc, s_dh, s_dw,
-                                  s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, CROSS, T)
-    if PF == 1:
-        return nu, nd, nB, nC, u1, d1, B1, C1, u2, d2, B2, C2
-    elif PF == 2:
-        return u1, d1, B1, C1, nu, nd, nB, nC, u2, d2, B2, C2
+def _route_start(k, t, L, H, W, CROSS: tl.constexpr):
+    """Image position (row-major index) of step t of route k, and the position step to the next one: routes go
+    row-major, column-major, and both reversed. Unrouted: position t, step 1."""
+    if CROSS:
+        rev = k >= 2
+        col = (k % 2) == 1
+        tt = tl.where(rev, L - 1 - t, t)
+        dp = tl.where(col, W, 1)
+        return tl.where(col, (tt % H) * W + tt // H, tt), tl.where(rev, -dp, dp)
     else:
-        return u1, d1, B1, C1, u2, d2, B2, C2, nu, nd, nB, nC
+        return t, 1
 
 
 @triton.jit
-def _adjoint_loads(dl_base, gy_base, k, ci, valid, c, mc, L, H, W, s_dc, s_dh, s_dw, s_gc, s_gh, s_gw,
-                   CROSS: tl.constexpr, T: tl.constexpr):
-    """The backward's extra tiles of chunk ci: delta one step ahead (for a_{t+1}) and the output gradient."""
-    t = ci * T + tl.arange(0, T)
-    hh, ww = _route_hw(k, t, L, H, W, CROSS)
-    hn, wn = _route_hw(k, t + 1, L, H, W, CROSS)
-    return (tl.load(_tile_ptrs(dl_base, c, s_dc, hn, wn, s_dh, s_dw),
-                    mask=((t + 1 < L) & valid)[:, None] & mc[None, :], other=0.0),
-            tl.load(_tile_ptrs(gy_base, c, s_gc, hh, ww, s_gh, s_gw), mask=((t < L) & valid)[:, None] & mc[None, :],
-                    other=0.0))
+def _next_position(p, dp, L, CROSS: tl.constexpr):
+    """The position after p on its route; a column route wraps from the last row to the next column. Past the route's
+    end the result is meaningless (such steps are masked)."""
+    p = p + dp
+    if CROSS:
+        p = tl.where(p >= L, p - (L - 1), p)
+        p = tl.where(p < 0, p + (L - 1), p)
+    return p
+
+
+@triton.jit
+def _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn,
+                 s_uc, s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, WITH_C: tl.constexpr, CROSS: tl.constexpr,
+                 T: tl.constexpr):
+    """Steps t0 .. t0 + T - 1 of a row in their stored dtype, as tuples over the steps: positions, u and delta (BC,),
+    B and C (NP,) (C only ``WITH_C``). Steps at or past L are masked off (zeros); a chunk past L loads nothing."""
+    p, dp = _route_start(k, t0, L, H, W, CROSS)
+    us = ()
+    ds = ()
+    bs = ()
+    cs = ()
+    for j in tl.static_range(T):
+        valid = t0 + j < L
+        us = us + (tl.load(u_base + p * s_up + c * s_uc, mask=valid & mc, other=0.0),)
+        ds = ds + (tl.load(dl_base + p * s_dp + c * s_dc, mask=valid & mc, other=0.0),)
+        bs = bs + (tl.load(B_base + p * s_Bp + n * s_Bn, mask=valid & mn, other=0.0),)
+        if WITH_C:
+            cs = cs + (tl.load(C_base + p * s_Cp + n * s_Cn, mask=valid & mn, other=0.0),)
+        p = _next_position(p, dp, L, CROSS)
+    return us, ds, bs, cs
+
+
+@triton.jit
+def _grad_loads(gy_base, k, t0, L, H, W, c, mc, s_gc, s_gp, CROSS: tl.constexpr, T: tl.constexpr):
+    """The output gradient at steps t0 .. t0 + T - 1 of a row, a tuple of (BC,) tiles (zeros at or past L)."""
+    p, dp = _route_start(k, t0, L, H, W, CROSS)
+    gs = ()
+    for j in tl.static_range(T):
+        gs = gs + (tl.load(gy_base + p * s_gp + c * s_gc, mask=(t0 + j < L) & mc, other=0.0),)
+        p = _next_position(p, dp, L, CROSS)
+    return gs
 
 
 @triton.jit
 def _dt(delta, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """The pre-activation delta + bias, and dt = its softplus (or itself)."""
+    """The pre-activation delta + bias, and dt = its softplus (or itself), float32 (BC,)."""
     pre = delta.to(tl.float32)
     if HAS_BIAS:
         pre += bias
@@ -221,22 +212,11 @@ def _dt(delta, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _recurrence_terms(u, delta, Bt, mt, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(a, b) of h_t = a_t h_{t-1} + b_t on a (T, NP, BC) tile, and u, delta's pre-activation, dt and B_t in float32.
-    Steps past L keep the state (a = 1, b = 0), so a chunk's last row is its end state."""
+def _step_terms(u, delta, Bt, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One step's decay a = exp(dt A) and input b = dt u B, (NP, BC) float32, plus u, delta's pre-activation and dt."""
     u = u.to(tl.float32)
-    Bt = Bt.to(tl.float32)
     pre, dt = _dt(delta, bias, HAS_BIAS, SOFTPLUS)
-    m3 = mt[:, None, None]
-    a = tl.where(m3, tl.exp(dt[:, None, :] * A[None, :, :]), 1.0)
-    b = tl.where(m3, (dt * u)[:, None, :] * Bt[:, :, None], 0.0)
-    return a, b, u, pre, dt, Bt
-
-
-@triton.jit
-def _pick(x, mask):
-    """The row of a (T, NP, BC) tile where the (T, 1, 1) mask holds."""
-    return tl.sum(tl.where(mask, x, 0.0), 0)
+    return tl.exp(dt[None, :] * A), (dt * u)[None, :] * Bt.to(tl.float32)[:, None], u, pre, dt
 
 
 @triton.jit(do_not_specialize=['L', 'H', 'W', 'n_state', 'channels', 'n_cblk', 'n_chunks', 'seg_chunks', 'n_seg',
@@ -244,33 +224,33 @@ def _pick(x, mask):
 def scan_fwd_kernel(
         u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, states_ptr, status_ptr, flag_ptr,
         L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
-        s_ub, s_uk, s_uc, s_uh, s_uw, s_db, s_dk, s_dc, s_dh, s_dw,
-        s_Bb, s_Bk, s_Bn, s_Bh, s_Bw, s_Cb, s_Ck, s_Cn, s_Ch, s_Cw, s_yb, s_yk, s_yc, s_yh, s_yw,
+        s_ub, s_uk, s_uc, s_up, s_db, s_dk, s_dc, s_dp, s_Bb, s_Bk, s_Bn, s_Bp, s_Cb, s_Ck, s_Cn, s_Cp,
+        s_yb, s_yk, s_yc, s_yp,
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        T: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, PF: tl.constexpr):
+        T: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, PF: tl.constexpr,
+        SAVE_STATES: tl.constexpr):
     """Forward over one segment (seg_chunks chunks of T steps) of one row, the state carried between chunks.
 
     With several segments per row, a first pass over the segment computes its aggregate for the look-back; the
-    second pass produces y from the carried-in state. The state entering every chunk is saved for the backward,
-    plus the row's final state.
+    second pass produces y from the carried-in state. The state entering every chunk is saved for the backward
+    (SAVE_STATES), plus the row's final state. y is stored, or atomically added when the four routes merge into it
+    (CROSS).
     """
     b, k, cbk, s = _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB)
     row = (b * n_routes + k) * n_cblk + cbk
-    b, k = b.to(tl.int64), k.to(tl.int64)
+    b64, k64 = b.to(tl.int64), k.to(tl.int64)
     c = cbk * BC + tl.arange(0, BC)
     n = tl.arange(0, NP)
     mc, mn = c < channels, n < n_state
-    ch = k * channels + c
+    ch = k64 * channels + c
     A = tl.load(A_ptr + ch[None, :] * n_state + n[:, None], mask=mn[:, None] & mc[None, :], other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + ch, mask=mc, other=0.0).to(tl.float32)[None, :] if HAS_BIAS else 0.0
-    D = tl.load(D_ptr + ch, mask=mc, other=0.0).to(tl.float32)[None, :] if HAS_D else 0.0
-    u_base = u_ptr + b * s_ub + k * s_uk
-    dl_base = dl_ptr + b * s_db + k * s_dk
-    B_base = B_ptr + b * s_Bb + k * s_Bk
-    C_base = C_ptr + b * s_Cb + k * s_Ck
-    y_base = y_ptr + b * s_yb + k * s_yk
-    steps = tl.arange(0, T)
-    last = (steps == T - 1)[:, None, None]
+    bias = tl.load(bias_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    D = tl.load(D_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_D else 0.0
+    u_base = u_ptr + b64 * s_ub + k64 * s_uk
+    dl_base = dl_ptr + b64 * s_db + k64 * s_dk
+    B_base = B_ptr + b64 * s_Bb + k64 * s_Bk
+    C_base = C_ptr + b64 * s_Cb + k64 * s_Ck
+    y_base = y_ptr + b64 * s_yb + k64 * s_yk
     offs = n[:, None] * BC + tl.arange(0, BC)[None, :]
     first = s * seg_chunks
     end = tl.minimum(first + seg_chunks, n_chunks)
@@ -279,20 +259,22 @@ def scan_fwd_kernel(
     if n_seg > 1:
         agg_a = tl.full((NP, BC), 1.0, tl.float32)
         agg_b = tl.zeros((NP, BC), tl.float32)
-        u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2 = _queue_start(
-            u_base, dl_base, B_base, C_base, k, first, end, c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc,
-            s_dh, s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, CROSS, T, PF, 1)
+        nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, first * T, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                           s_dp, s_Bn, s_Bp, s_Cn, s_Cp, False, CROSS, T)
         for ci in range(first, end):
-            u_r, d_r, B_r = u0, d0, B0
-            u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2 = _advance(
-                u_base, dl_base, B_base, C_base, k, ci, end, c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc, s_dh,
-                s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2,
-                CROSS, T, PF, 1)
-            a, x, u, pre, dt, Bt = _recurrence_terms(u_r, d_r, B_r, ci * T + steps < L, A, bias, HAS_BIAS, SOFTPLUS)
-            pa, ps = tl.associative_scan((a, x), 0, _combine)
-            la = _pick(pa, last)
-            agg_b = la * agg_b + _pick(ps, last)
-            agg_a *= la
+            us, ds, bs, cs = nxt
+            t_next = tl.where(ci + 1 < end, ci + 1, n_chunks) * T
+            if PF:
+                nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up,
+                                   s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, False, CROSS, T)
+            for j in tl.static_range(T):
+                a, x, _, _, _ = _step_terms(us[j], ds[j], bs[j], A, bias, HAS_BIAS, SOFTPLUS)
+                valid = ci * T + j < L
+                agg_b = tl.where(valid, a * agg_b + x, agg_b)
+                agg_a = tl.where(valid, a * agg_a, agg_a)
+            if not PF:
+                nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up,
+                                   s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, False, CROSS, T)
         row_flags = flag_ptr + row * n_seg
         row_status = status_ptr + row.to(tl.int64) * n_seg * 3 * NP * BC
         tl.store(row_status + s * 3 * NP * BC + offs, agg_a)
@@ -302,31 +284,43 @@ def scan_fwd_kernel(
         _publish(row_flags + s, row_status + s * 3 * NP * BC + 2 * NP * BC + offs, agg_a * h + agg_b, offs >= 0,
                  _INCLUSIVE)
 
-    row_states = states_ptr + row.to(tl.int64) * (n_chunks + 1) * NP * BC
-    u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2 = _queue_start(
-        u_base, dl_base, B_base, C_base, k, first, end, c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc,
-        s_dh, s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, CROSS, T, PF, 1)
+    n_slots = n_chunks + 1 if SAVE_STATES else 1
+    row_states = states_ptr + row.to(tl.int64) * n_slots * NP * BC
+    nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, first * T, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp,
+                       s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
     for ci in range(first, end):
-        u_r, d_r, B_r, C_r = u0, d0, B0, C0
-        u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2 = _advance(
-            u_base, dl_base, B_base, C_base, k, ci, end, c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc, s_dh, s_dw,
-            s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2, CROSS, T, PF, 1)
-        tl.store(row_states + ci * NP * BC + offs, h)
-        t = ci * T + steps
-        mt = t < L
-        a, x, u, pre, dt, Bt = _recurrence_terms(u_r, d_r, B_r, mt, A, bias, HAS_BIAS, SOFTPLUS)
-        pa, ps = tl.associative_scan((a, x), 0, _combine)
-        hs = pa * h[None, :, :] + ps
-        y = tl.sum(hs * C_r.to(tl.float32)[:, :, None], 1) + D * u
-        hh, ww = _route_hw(k, t, L, H, W, CROSS)
-        yp = _tile_ptrs(y_base, c, s_yc, hh, ww, s_yh, s_yw)
-        m2 = mt[:, None] & mc[None, :]
-        if CROSS:
-            tl.atomic_add(yp, y, mask=m2, sem='relaxed')
-        else:
-            tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=m2)
-        h = _pick(hs, last)
-    tl.store(row_states + n_chunks * NP * BC + offs, h, mask=(offs >= 0) & (end == n_chunks))
+        us, ds, bs, cs = nxt
+        t_next = tl.where(ci + 1 < end, ci + 1, n_chunks) * T  # past the segment: past L, which loads nothing
+        if PF:
+            nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+        if SAVE_STATES:
+            tl.store(row_states + ci * NP * BC + offs, h)
+        p, dp = _route_start(k, ci * T, L, H, W, CROSS)
+        for j in tl.static_range(T):
+            valid = ci * T + j < L
+            a, x, u, _, _ = _step_terms(us[j], ds[j], bs[j], A, bias, HAS_BIAS, SOFTPLUS)
+            h = tl.where(valid, a * h + x, h)
+            y = tl.sum(cs[j].to(tl.float32)[:, None] * h, 0) + D * u
+            if CROSS:
+                tl.atomic_add(y_base + p * s_yp + c * s_yc, y, mask=valid & mc, sem='relaxed')
+            else:
+                tl.store(y_base + p * s_yp + c * s_yc, y.to(y_ptr.dtype.element_ty), mask=valid & mc)
+            p = _next_position(p, dp, L, CROSS)
+        if not PF:
+            nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+    tl.store(row_states + (n_slots - 1) * NP * BC + offs, h, mask=(offs >= 0) & (end == n_chunks))
+
+
+@triton.jit
+def _decay_at(dl_base, k, t, L, H, W, c, mc, s_dc, s_dp, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+              CROSS: tl.constexpr):
+    """a_t = exp(dt_t A) of step t of a row, (NP, BC); zero at or past L (no adjoint flows in from there)."""
+    p, _ = _route_start(k, t, L, H, W, CROSS)
+    d = tl.load(dl_base + p * s_dp + c * s_dc, mask=(t < L) & mc, other=0.0)
+    _, dt = _dt(d, bias, HAS_BIAS, SOFTPLUS)
+    return tl.where(t < L, tl.exp(dt[None, :] * A), 0.0)
 
 
 @triton.jit(do_not_specialize=['L', 'H', 'W', 'n_state', 'channels', 'n_cblk', 'n_chunks', 'seg_chunks', 'n_seg',
@@ -335,16 +329,15 @@ def scan_bwd_kernel(
         u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, gy_ptr, states_ptr, status_ptr, flag_ptr,
         du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
         L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
-        s_ub, s_uk, s_uc, s_uh, s_uw, s_db, s_dk, s_dc, s_dh, s_dw,
-        s_Bb, s_Bk, s_Bn, s_Bh, s_Bw, s_Cb, s_Ck, s_Cn, s_Ch, s_Cw, s_gb, s_gk, s_gc, s_gh, s_gw,
-        s_dub, s_duk, s_duc, s_duh, s_duw, s_ddb, s_ddk, s_ddc, s_ddh, s_ddw,
-        s_dBb, s_dBk, s_dBn, s_dBh, s_dBw, s_dCb, s_dCk, s_dCn, s_dCh, s_dCw,
+        s_ub, s_uk, s_uc, s_up, s_db, s_dk, s_dc, s_dp, s_Bb, s_Bk, s_Bn, s_Bp, s_Cb, s_Ck, s_Cn, s_Cp,
+        s_gb, s_gk, s_gc, s_gp, s_dub, s_duk, s_duc, s_dup, s_ddb, s_ddk, s_ddc, s_ddp,
+        s_dBb, s_dBk, s_dBn, s_dBp, s_dCb, s_dCk, s_dCn, s_dCp,
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         T: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, PF: tl.constexpr):
     """Backward over one segment of one row, chunks taken from its end, the adjoint carried between chunks.
     With dlog = d loss / d(dt * A):
 
-        g_t = C_t gy_t + a_{t+1} g_{t+1}      dlog_t = g_t * a_t h_{t-1} = g_t * (h_t - b_t)
+        g_t = C_t gy_t + a_{t+1} g_{t+1}      dlog_t = g_t * a_t h_{t-1}
         d dt = sum_n dlog * A + (sum_n g B) u   d u = (sum_n g B) dt + D gy   dA = sum_t dlog dt
         dB = sum_c g dt u                        dC = sum_c gy h               dD = sum_t gy u
 
@@ -355,45 +348,45 @@ def scan_bwd_kernel(
     b, k, cbk, s_rev = _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB)
     s = n_seg - 1 - s_rev
     row = (b * n_routes + k) * n_cblk + cbk
-    b, k = b.to(tl.int64), k.to(tl.int64)
+    b64, k64 = b.to(tl.int64), k.to(tl.int64)
     c = cbk * BC + tl.arange(0, BC)
     n = tl.arange(0, NP)
     mc, mn = c < channels, n < n_state
     mnc = mn[:, None] & mc[None, :]
-    ch = k * channels + c
+    ch = k64 * channels + c
     A = tl.load(A_ptr + ch[None, :] * n_state + n[:, None], mask=mnc, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + ch, mask=mc, other=0.0).to(tl.float32)[None, :] if HAS_BIAS else 0.0
-    D = tl.load(D_ptr + ch, mask=mc, other=0.0).to(tl.float32)[None, :] if HAS_D else 0.0
-    u_base = u_ptr + b * s_ub + k * s_uk
-    dl_base = dl_ptr + b * s_db + k * s_dk
-    B_base = B_ptr + b * s_Bb + k * s_Bk
-    C_base = C_ptr + b * s_Cb + k * s_Ck
-    gy_base = gy_ptr + b * s_gb + k * s_gk
-    steps = tl.arange(0, T)
-    row0 = (steps == 0)[:, None, None]
+    bias = tl.load(bias_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    D = tl.load(D_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_D else 0.0
+    u_base = u_ptr + b64 * s_ub + k64 * s_uk
+    dl_base = dl_ptr + b64 * s_db + k64 * s_dk
+    B_base = B_ptr + b64 * s_Bb + k64 * s_Bk
+    C_base = C_ptr + b64 * s_Cb + k64 * s_Ck
+    gy_base = gy_ptr + b64 * s_gb + k64 * s_gk
+    du_base = du_ptr + b64 * s_dub + k64 * s_duk
+    ddl_base = ddl_ptr + b64 * s_ddb + k64 * s_ddk
+    dB_base = dB_ptr + b64 * s_dBb + k64 * s_dBk
+    dC_base = dC_ptr + b64 * s_dCb + k64 * s_dCk
     offs = n[:, None] * BC + tl.arange(0, BC)[None, :]
     first = s * seg_chunks
     end = tl.minimum(first + seg_chunks, n_chunks)
+    # a of the step after the segment: the adjoint entering from the next segment is scaled by it
+    a_after = _decay_at(dl_base, k, end * T, L, H, W, c, mc, s_dc, s_dp, A, bias, HAS_BIAS, SOFTPLUS, CROSS)
 
-    g = tl.zeros((NP, BC), tl.float32)  # adjoint entering the current chunk from the one after it
+    g = tl.zeros((NP, BC), tl.float32)  # adjoint at the first step after the current chunk
     if n_seg > 1:
         agg_a = tl.full((NP, BC), 1.0, tl.float32)
         agg_b = tl.zeros((NP, BC), tl.float32)
+        a_next = a_after
         for i in range(end - first):
-            ci = end - 1 - i
-            t = ci * T + steps
-            d1, gy = _adjoint_loads(dl_base, gy_base, k, ci, True, c, mc, L, H, W, s_dc, s_dh, s_dw, s_gc, s_gh, s_gw,
-                                    CROSS, T)
-            hh, ww = _route_hw(k, t, L, H, W, CROSS)
-            Ct = tl.load(_tile_ptrs(C_base, n, s_Cn, hh, ww, s_Ch, s_Cw), mask=(t < L)[:, None] & mn[None, :],
-                         other=0.0).to(tl.float32)
-            _, dt_next = _dt(d1, bias, HAS_BIAS, SOFTPLUS)
-            a_next = tl.where((t + 1 < L)[:, None, None], tl.exp(dt_next[:, None, :] * A[None, :, :]), 0.0)
-            ra, rs = tl.associative_scan((a_next, Ct[:, :, None] * gy.to(tl.float32)[:, None, :]), 0, _combine,
-                                         reverse=True)
-            fa = _pick(ra, row0)
-            agg_b = fa * agg_b + _pick(rs, row0)
-            agg_a *= fa
+            t0 = (end - 1 - i) * T
+            _, ds, _, cs = _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn, s_uc,
+                                           s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+            gys = _grad_loads(gy_base, k, t0, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
+            for j in tl.static_range(T - 1, -1, -1):
+                agg_b = a_next * agg_b + cs[j].to(tl.float32)[:, None] * gys[j].to(tl.float32)[None, :]
+                agg_a = a_next * agg_a
+                _, dt = _dt(ds[j], bias, HAS_BIAS, SOFTPLUS)
+                a_next = tl.where(t0 + j < L, tl.exp(dt[None, :] * A), 0.0)
         row_flags = flag_ptr + row * n_seg
         row_status = status_ptr + row.to(tl.int64) * n_seg * 3 * NP * BC
         tl.store(row_status + s * 3 * NP * BC + offs, agg_a)
@@ -407,58 +400,69 @@ def scan_bwd_kernel(
     acc_dA = tl.zeros((NP, BC), tl.float32)
     acc_dD = tl.zeros((BC,), tl.float32)
     acc_dbias = tl.zeros((BC,), tl.float32)
-    u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2 = _queue_start(
-        u_base, dl_base, B_base, C_base, k, end - 1, first, c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc,
-        s_dh, s_dw, s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, CROSS, T, PF, -1)
-    d1_n, gy_n = _adjoint_loads(dl_base, gy_base, k, end - 1, True, c, mc, L, H, W, s_dc, s_dh, s_dw, s_gc, s_gh,
-                                s_gw, CROSS, T)
+    a_next = a_after
+    nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, (end - 1) * T, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                       s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+    nxt_gy = _grad_loads(gy_base, k, (end - 1) * T, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
     for i in range(end - first):
         ci = end - 1 - i
-        u_r, d_r, B_r, C_r = u0, d0, B0, C0
-        u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2 = _advance(
-            u_base, dl_base, B_base, C_base, k, ci, first, c, n, mc, mn, L, H, W, s_uc, s_uh, s_uw, s_dc, s_dh, s_dw,
-            s_Bn, s_Bh, s_Bw, s_Cn, s_Ch, s_Cw, u0, d0, B0, C0, u1, d1, B1, C1, u2, d2, B2, C2, CROSS, T, PF, -1)
-        d1_r, gy_r = d1_n, gy_n
-        d1_n, gy_n = _adjoint_loads(dl_base, gy_base, k, ci - 1, ci > first, c, mc, L, H, W, s_dc, s_dh, s_dw, s_gc,
-                                    s_gh, s_gw, CROSS, T)
-        t = ci * T + steps
-        mt = t < L
-        m2 = mt[:, None] & mc[None, :]
-        mtn = mt[:, None] & mn[None, :]
-        a, x, u, pre, dt, Bt = _recurrence_terms(u_r, d_r, B_r, mt, A, bias, HAS_BIAS, SOFTPLUS)
-        _, dt_next = _dt(d1_r, bias, HAS_BIAS, SOFTPLUS)
-        a_next = tl.where((t + 1 < L)[:, None, None], tl.exp(dt_next[:, None, :] * A[None, :, :]), 0.0)
-        gy = gy_r.to(tl.float32)
-        pa, ps = tl.associative_scan((a, x), 0, _combine)
-        hs = pa * tl.load(row_states + ci * NP * BC + offs)[None, :, :] + ps
-        ra, rs = tl.associative_scan((a_next, C_r.to(tl.float32)[:, :, None] * gy[:, None, :]), 0, _combine,
-                                     reverse=True)
-        gs = ra * g[None, :, :] + rs
-        g = _pick(gs, row0)
-
-        dlog = gs * (hs - x)
-        gB = tl.sum(gs * Bt[:, :, None], 1)
-        d_pre = tl.sum(dlog * A[None, :, :], 1) + gB * u
-        if SOFTPLUS:
-            d_pre *= tl.sigmoid(pre)
-        acc_dA += tl.sum(dlog * dt[:, None, :], 0)
-        if HAS_D:
-            acc_dD += tl.sum(gy * u, 0)
-        if HAS_BIAS:
-            acc_dbias += tl.sum(tl.where(m2, d_pre, 0.0), 0)
-        hh, ww = _route_hw(k, t, L, H, W, CROSS)
-        tl.atomic_add(_tile_ptrs(dB_ptr + b * s_dBb + k * s_dBk, n, s_dBn, hh, ww, s_dBh, s_dBw),
-                      tl.sum(gs * (dt * u)[:, None, :], 2), mask=mtn, sem='relaxed')
-        tl.atomic_add(_tile_ptrs(dC_ptr + b * s_dCb + k * s_dCk, n, s_dCn, hh, ww, s_dCh, s_dCw),
-                      tl.sum(hs * gy[:, None, :], 2), mask=mtn, sem='relaxed')
-        tl.store(_tile_ptrs(ddl_ptr + b * s_ddb + k * s_ddk, c, s_ddc, hh, ww, s_ddh, s_ddw),
-                 d_pre.to(ddl_ptr.dtype.element_ty), mask=m2)
-        du = gB * dt + D * gy
-        dup = _tile_ptrs(du_ptr + b * s_dub + k * s_duk, c, s_duc, hh, ww, s_duh, s_duw)
-        if CROSS:
-            tl.atomic_add(dup, du, mask=m2, sem='relaxed')
-        else:
-            tl.store(dup, du.to(du_ptr.dtype.element_ty), mask=m2)
+        t0 = ci * T
+        us, ds, bs, cs = nxt
+        gys = nxt_gy
+        t_prev = tl.where(ci > first, t0 - T, n_chunks * T)  # before the segment: past L, which loads nothing
+        if PF:
+            nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+            nxt_gy = _grad_loads(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
+        # the chunk's states, recomputed forward from the state saved at its start
+        h = tl.load(row_states + ci * NP * BC + offs)
+        hs = (h,)
+        decays = ()
+        dts = ()
+        pres = ()
+        for j in tl.static_range(T):
+            a, x, _, pre, dt = _step_terms(us[j], ds[j], bs[j], A, bias, HAS_BIAS, SOFTPLUS)
+            a = tl.where(t0 + j < L, a, 0.0)
+            h = a * h + x
+            hs = hs + (h,)
+            decays = decays + (a,)
+            dts = dts + (dt,)
+            pres = pres + (pre,)
+        # the adjoint backwards through the chunk, and every gradient of its steps (positions from its last valid
+        # step backwards)
+        p, dp = _route_start(k, tl.minimum(t0 + T - 1, L - 1), L, H, W, CROSS)
+        for j in tl.static_range(T - 1, -1, -1):
+            valid = t0 + j < L
+            u = us[j].to(tl.float32)
+            gy = gys[j].to(tl.float32)
+            dt = dts[j]
+            g = a_next * g + cs[j].to(tl.float32)[:, None] * gy[None, :]
+            a_next = decays[j]
+            dlog = g * a_next * hs[j]
+            gB = tl.sum(g * bs[j].to(tl.float32)[:, None], 0)
+            d_pre = tl.sum(dlog * A, 0) + gB * u
+            if SOFTPLUS:
+                d_pre *= tl.sigmoid(pres[j])
+            acc_dA += dlog * dt[None, :]
+            if HAS_D:
+                acc_dD += gy * u
+            if HAS_BIAS:
+                acc_dbias += d_pre
+            tl.atomic_add(dB_base + p * s_dBp + n * s_dBn, tl.sum(g * (dt * u)[None, :], 1), mask=valid & mn,
+                          sem='relaxed')
+            tl.atomic_add(dC_base + p * s_dCp + n * s_dCn, tl.sum(hs[j + 1] * gy[None, :], 1), mask=valid & mn,
+                          sem='relaxed')
+            tl.store(ddl_base + p * s_ddp + c * s_ddc, d_pre.to(ddl_ptr.dtype.element_ty), mask=valid & mc)
+            du = gB * dt + D * gy
+            if CROSS:
+                tl.atomic_add(du_base + p * s_dup + c * s_duc, du, mask=valid & mc, sem='relaxed')
+            else:
+                tl.store(du_base + p * s_dup + c * s_duc, du.to(du_ptr.dtype.element_ty), mask=valid & mc)
+            p = tl.where(valid, _next_position(p, -dp, L, CROSS), p)
+        if not PF:
+            nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+            nxt_gy = _grad_loads(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
     tl.atomic_add(dA_ptr + ch[None, :] * n_state + n[:, None], acc_dA, mask=mnc, sem='relaxed')
     if HAS_D:
         tl.atomic_add(dD_ptr + ch, acc_dD, mask=mc, sem='relaxed')

@@ -46,9 +46,8 @@ DETECTION = [(2, 200, 304, 96), (2, 100, 152, 192), (2, 50, 76, 384), (2, 25, 38
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 # --sweep: tile configurations of the fused kernel (fields of triton_backend.TileConfig over its defaults), at
 # stage-1 and stage-3 classification and stage-1 detection shapes
-SWEEP = [{}, dict(PF_fwd=1), dict(PF_fwd=3), dict(PF_bwd=2), dict(warps_fwd=2, warps_bwd=2),
-         dict(BC=64), dict(BC=16, warps_fwd=2, warps_bwd=2), dict(T=16, warps_fwd=8, warps_bwd=8),
-         dict(programs=4096), dict(min_seg=4)]
+SWEEP = [{}, dict(T=4), dict(PF_fwd=0, PF_bwd=0), dict(BC=64), dict(BC=64, warps_fwd=2, warps_bwd=2),
+         dict(programs=4096), dict(min_seg=2)]
 SWEEP_SHAPES = [CLASSIFICATION[0], CLASSIFICATION[2], DETECTION[0]]
 
 
@@ -159,6 +158,8 @@ def print_table(lines: list[str], rows: list[tuple]) -> None:
 
 
 def row(label: str, name: str, case: Case, times: tuple[float, float], copy_bw: float) -> tuple:
+    print(f'{label} | {name}: {times[0]:.3f} ms forward, {times[1]:.3f} ms forward+backward', file=sys.stderr,
+          flush=True)
     out = [label, name]
     for ms, backward in zip(times, (False, True), strict=True):
         bw = case.bytes_moved(backward) / (ms * 1e-3)
