@@ -219,8 +219,17 @@ def _step_terms(u, delta, Bt, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.cons
     return tl.exp(dt[None, :] * A), (dt * u)[None, :] * Bt.to(tl.float32)[:, None], u, pre, dt
 
 
-@triton.jit(do_not_specialize=['L', 'H', 'W', 'n_state', 'channels', 'n_cblk', 'n_chunks', 'seg_chunks', 'n_seg',
-                               'GB'])
+# Sizes and strides vary with the model's stage, image size and projection width; specialising on them (value 1,
+# divisibility by 16) would compile the long unrolled kernels once per stage. Only the channel strides (1 in the
+# model's channel-last layouts) are specialised.
+_SIZES = ['L', 'H', 'W', 'n_state', 'channels', 'n_routes', 'n_cblk', 'n_chunks', 'seg_chunks', 'n_seg', 'GB']
+_STRIDES_FWD = ['s_ub', 's_uk', 's_up', 's_db', 's_dk', 's_dp', 's_Bb', 's_Bk', 's_Bn', 's_Bp', 's_Cb', 's_Ck', 's_Cn',
+                's_Cp', 's_yb', 's_yk', 's_yp']
+_STRIDES_BWD = _STRIDES_FWD[:-3] + ['s_gb', 's_gk', 's_gp', 's_dub', 's_duk', 's_dup', 's_ddb', 's_ddk', 's_ddp',
+                                    's_dBb', 's_dBk', 's_dBn', 's_dBp', 's_dCb', 's_dCk', 's_dCn', 's_dCp']
+
+
+@triton.jit(do_not_specialize=_SIZES + _STRIDES_FWD)
 def scan_fwd_kernel(
         u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, states_ptr, status_ptr, flag_ptr,
         L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
@@ -323,8 +332,7 @@ def _decay_at(dl_base, k, t, L, H, W, c, mc, s_dc, s_dp, A, bias, HAS_BIAS: tl.c
     return tl.where(t < L, tl.exp(dt[None, :] * A), 0.0)
 
 
-@triton.jit(do_not_specialize=['L', 'H', 'W', 'n_state', 'channels', 'n_cblk', 'n_chunks', 'seg_chunks', 'n_seg',
-                               'GB'])
+@triton.jit(do_not_specialize=_SIZES + _STRIDES_BWD)
 def scan_bwd_kernel(
         u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, gy_ptr, states_ptr, status_ptr, flag_ptr,
         du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
