@@ -219,6 +219,32 @@ def _step_terms(u, delta, Bt, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.cons
     return tl.exp(dt[None, :] * A), (dt * u)[None, :] * Bt.to(tl.float32)[:, None], u, pre, dt
 
 
+@triton.jit
+def _program_setup(flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg,
+                   GB, REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, NP: tl.constexpr,
+                   BC: tl.constexpr):
+    """This program's work (segments numbered from the row's end when REVERSE) and per-channel parameters: batch
+    (int64), route (int32, int64), segment, row, channel and state indices and masks, the channels' index among the
+    routes' channels, A (NP, BC), delta_bias and D (BC,) in float32, the (NP, BC) state offsets, the segment's chunks
+    [first, end)."""
+    b, k, cbk, s = _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB)
+    if REVERSE:
+        s = n_seg - 1 - s
+    row = (b * n_routes + k) * n_cblk + cbk
+    k64 = k.to(tl.int64)
+    c = cbk * BC + tl.arange(0, BC)
+    n = tl.arange(0, NP)
+    mc, mn = c < channels, n < n_state
+    ch = k64 * channels + c
+    A = tl.load(A_ptr + ch[None, :] * n_state + n[:, None], mask=mn[:, None] & mc[None, :], other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    D = tl.load(D_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_D else 0.0
+    offs = n[:, None] * BC + tl.arange(0, BC)[None, :]
+    first = s * seg_chunks
+    return (b.to(tl.int64), k, k64, s, row, c, n, mc, mn, ch, A, bias, D, offs, first,
+            tl.minimum(first + seg_chunks, n_chunks))
+
+
 # Sizes and strides vary with the model's stage, image size and projection width; specialising on them (value 1,
 # divisibility by 16) would compile the long unrolled kernels once per stage. Only the channel strides (1 in the
 # model's channel-last layouts) are specialised.
@@ -245,24 +271,14 @@ def scan_fwd_kernel(
     (SAVE_STATES), plus the row's final state. y is stored, or atomically added when the four routes merge into it
     (CROSS).
     """
-    b, k, cbk, s = _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB)
-    row = (b * n_routes + k) * n_cblk + cbk
-    b64, k64 = b.to(tl.int64), k.to(tl.int64)
-    c = cbk * BC + tl.arange(0, BC)
-    n = tl.arange(0, NP)
-    mc, mn = c < channels, n < n_state
-    ch = k64 * channels + c
-    A = tl.load(A_ptr + ch[None, :] * n_state + n[:, None], mask=mn[:, None] & mc[None, :], other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
-    D = tl.load(D_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_D else 0.0
+    b64, k, k64, s, row, c, n, mc, mn, ch, A, bias, D, offs, first, end = _program_setup(
+        flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
+        False, HAS_D, HAS_BIAS, NP, BC)
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
     dl_base = dl_ptr + b64 * s_db + k64 * s_dk
     B_base = B_ptr + b64 * s_Bb + k64 * s_Bk
     C_base = C_ptr + b64 * s_Cb + k64 * s_Ck
     y_base = y_ptr + b64 * s_yb + k64 * s_yk
-    offs = n[:, None] * BC + tl.arange(0, BC)[None, :]
-    first = s * seg_chunks
-    end = tl.minimum(first + seg_chunks, n_chunks)
 
     h = tl.zeros((NP, BC), tl.float32)
     if n_seg > 1:
@@ -353,18 +369,10 @@ def scan_bwd_kernel(
     first pass computes the segment's adjoint aggregate for the (reversed) look-back. du is atomically added when
     routes share the input (CROSS); dA, dB, dC, dD and d bias always are.
     """
-    b, k, cbk, s_rev = _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB)
-    s = n_seg - 1 - s_rev
-    row = (b * n_routes + k) * n_cblk + cbk
-    b64, k64 = b.to(tl.int64), k.to(tl.int64)
-    c = cbk * BC + tl.arange(0, BC)
-    n = tl.arange(0, NP)
-    mc, mn = c < channels, n < n_state
+    b64, k, k64, s, row, c, n, mc, mn, ch, A, bias, D, offs, first, end = _program_setup(
+        flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
+        True, HAS_D, HAS_BIAS, NP, BC)
     mnc = mn[:, None] & mc[None, :]
-    ch = k64 * channels + c
-    A = tl.load(A_ptr + ch[None, :] * n_state + n[:, None], mask=mnc, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
-    D = tl.load(D_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_D else 0.0
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
     dl_base = dl_ptr + b64 * s_db + k64 * s_dk
     B_base = B_ptr + b64 * s_Bb + k64 * s_Bk
@@ -374,9 +382,6 @@ def scan_bwd_kernel(
     ddl_base = ddl_ptr + b64 * s_ddb + k64 * s_ddk
     dB_base = dB_ptr + b64 * s_dBb + k64 * s_dBk
     dC_base = dC_ptr + b64 * s_dCb + k64 * s_dCk
-    offs = n[:, None] * BC + tl.arange(0, BC)[None, :]
-    first = s * seg_chunks
-    end = tl.minimum(first + seg_chunks, n_chunks)
     # a of the step after the segment: the adjoint entering from the next segment is scaled by it
     a_after = _decay_at(dl_base, k, end * T, L, H, W, c, mc, s_dc, s_dp, A, bias, HAS_BIAS, SOFTPLUS, CROSS)
 
