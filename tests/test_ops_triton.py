@@ -276,6 +276,8 @@ def interpreter_look_back(device='cpu'):
 
 def interpreter_fused(device='cpu'):
     check_cross_selective_scan(1, 3, 1, 3, 5, torch.float32, device)
+    check_cross_selective_scan(1, 2, 1, 1, 5, torch.float32, device)  # one image row: the column routes wrap each step
+    check_cross_selective_scan(1, 2, 1, 5, 1, torch.float32, device)  # one image column
 
 
 def interpreter_fused_half(device='cpu'):
