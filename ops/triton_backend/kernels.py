@@ -124,6 +124,23 @@ def _publish(flag_ptr, ptr, value, mask, flag):
 
 
 @triton.jit
+def _chain_segment(flag_ptr, status_ptr, row, s, n_seg, agg_a, agg_b, offs, REVERSE: tl.constexpr, NP: tl.constexpr,
+                   BC: tl.constexpr, WIN: tl.constexpr):
+    """Publish segment s's aggregate (h_out = agg_a * h_in + agg_b), take the state entering it from the look-back
+    over the row's other segments (those after it when REVERSE), publish its inclusive state and return the entering
+    one. Each segment's status holds (agg_a, agg_b, inclusive state)."""
+    row_flags = flag_ptr + row * n_seg
+    row_status = status_ptr + row.to(tl.int64) * n_seg * 3 * NP * BC
+    tl.store(row_status + s * 3 * NP * BC + offs, agg_a)
+    _publish(row_flags + s, row_status + s * 3 * NP * BC + NP * BC + offs, agg_b, offs >= 0, _AGGREGATE)
+    entering = _look_back(row_flags, row_status, row_status + 2 * NP * BC, s, n_seg, 3 * NP * BC, 3 * NP * BC, offs,
+                          offs, offs >= 0, REVERSE, NP, BC, WIN)
+    _publish(row_flags + s, row_status + s * 3 * NP * BC + 2 * NP * BC + offs, agg_a * entering + agg_b, offs >= 0,
+             _INCLUSIVE)
+    return entering
+
+
+@triton.jit
 def _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB):
     """This program's (batch, route, channel block, segment), from an atomic ticket.
 
@@ -173,8 +190,9 @@ def _next_position(p, dp, L, CROSS: tl.constexpr):
 def _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn,
                  s_uc, s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, WITH_C: tl.constexpr, CROSS: tl.constexpr,
                  T: tl.constexpr):
-    """Steps t0 .. t0 + T - 1 of a row in their stored dtype, as tuples over the steps: positions, u and delta (BC,),
-    B and C (NP,) (C only ``WITH_C``). Steps at or past L are masked off (zeros); a chunk past L loads nothing."""
+    """Steps t0 .. t0 + T - 1 of a row in their stored dtype, as tuples over the steps: u and delta (BC,), B and C
+    (NP,) (C only ``WITH_C``), the route walked once for all four. Steps at or past L are masked off (zeros); a chunk
+    past L loads nothing."""
     p, dp = _route_start(k, t0, L, H, W, CROSS)
     us = ()
     ds = ()
@@ -192,14 +210,15 @@ def _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn,
 
 
 @triton.jit
-def _grad_loads(gy_base, k, t0, L, H, W, c, mc, s_gc, s_gp, CROSS: tl.constexpr, T: tl.constexpr):
-    """The output gradient at steps t0 .. t0 + T - 1 of a row, a tuple of (BC,) tiles (zeros at or past L)."""
+def _operand_steps(base, k, t0, L, H, W, idx, m_idx, s_idx, s_p, CROSS: tl.constexpr, T: tl.constexpr):
+    """One operand at steps t0 .. t0 + T - 1 of a row, a tuple of tiles over ``idx`` (channels or states; zeros at
+    or past L)."""
     p, dp = _route_start(k, t0, L, H, W, CROSS)
-    gs = ()
+    xs = ()
     for j in tl.static_range(T):
-        gs = gs + (tl.load(gy_base + p * s_gp + c * s_gc, mask=(t0 + j < L) & mc, other=0.0),)
+        xs = xs + (tl.load(base + p * s_p + idx * s_idx, mask=(t0 + j < L) & m_idx, other=0.0),)
         p = _next_position(p, dp, L, CROSS)
-    return gs
+    return xs
 
 
 @triton.jit
@@ -300,14 +319,7 @@ def scan_fwd_kernel(
             if not PF:
                 nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up,
                                    s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, False, CROSS, T)
-        row_flags = flag_ptr + row * n_seg
-        row_status = status_ptr + row.to(tl.int64) * n_seg * 3 * NP * BC
-        tl.store(row_status + s * 3 * NP * BC + offs, agg_a)
-        _publish(row_flags + s, row_status + s * 3 * NP * BC + NP * BC + offs, agg_b, offs >= 0, _AGGREGATE)
-        h = _look_back(row_flags, row_status, row_status + 2 * NP * BC, s, n_seg, 3 * NP * BC, 3 * NP * BC, offs,
-                       offs, offs >= 0, False, NP, BC, WIN)
-        _publish(row_flags + s, row_status + s * 3 * NP * BC + 2 * NP * BC + offs, agg_a * h + agg_b, offs >= 0,
-                 _INCLUSIVE)
+        h = _chain_segment(flag_ptr, status_ptr, row, s, n_seg, agg_a, agg_b, offs, False, NP, BC, WIN)
 
     n_slots = n_chunks + 1 if SAVE_STATES else 1
     row_states = states_ptr + row.to(tl.int64) * n_slots * NP * BC
@@ -392,22 +404,15 @@ def scan_bwd_kernel(
         a_next = a_after
         for i in range(end - first):
             t0 = (end - 1 - i) * T
-            _, ds, _, cs = _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn, s_uc,
-                                           s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
-            gys = _grad_loads(gy_base, k, t0, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
+            ds = _operand_steps(dl_base, k, t0, L, H, W, c, mc, s_dc, s_dp, CROSS, T)
+            cs = _operand_steps(C_base, k, t0, L, H, W, n, mn, s_Cn, s_Cp, CROSS, T)
+            gys = _operand_steps(gy_base, k, t0, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
             for j in tl.static_range(T - 1, -1, -1):
                 agg_b = a_next * agg_b + cs[j].to(tl.float32)[:, None] * gys[j].to(tl.float32)[None, :]
                 agg_a = a_next * agg_a
                 _, dt = _dt(ds[j], bias, HAS_BIAS, SOFTPLUS)
                 a_next = tl.where(t0 + j < L, tl.exp(dt[None, :] * A), 0.0)
-        row_flags = flag_ptr + row * n_seg
-        row_status = status_ptr + row.to(tl.int64) * n_seg * 3 * NP * BC
-        tl.store(row_status + s * 3 * NP * BC + offs, agg_a)
-        _publish(row_flags + s, row_status + s * 3 * NP * BC + NP * BC + offs, agg_b, offs >= 0, _AGGREGATE)
-        g = _look_back(row_flags, row_status, row_status + 2 * NP * BC, s, n_seg, 3 * NP * BC, 3 * NP * BC, offs,
-                       offs, offs >= 0, True, NP, BC, WIN)
-        _publish(row_flags + s, row_status + s * 3 * NP * BC + 2 * NP * BC + offs, agg_a * g + agg_b, offs >= 0,
-                 _INCLUSIVE)
+        g = _chain_segment(flag_ptr, status_ptr, row, s, n_seg, agg_a, agg_b, offs, True, NP, BC, WIN)
 
     row_states = states_ptr + row.to(tl.int64) * (n_chunks + 1) * NP * BC
     acc_dA = tl.zeros((NP, BC), tl.float32)
@@ -416,7 +421,7 @@ def scan_bwd_kernel(
     a_next = a_after
     nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, (end - 1) * T, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
                        s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
-    nxt_gy = _grad_loads(gy_base, k, (end - 1) * T, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
+    nxt_gy = _operand_steps(gy_base, k, (end - 1) * T, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
     for i in range(end - first):
         ci = end - 1 - i
         t0 = ci * T
@@ -426,7 +431,7 @@ def scan_bwd_kernel(
         if PF:
             nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
                                s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
-            nxt_gy = _grad_loads(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
+            nxt_gy = _operand_steps(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
         # the chunk's states, recomputed forward from the state saved at its start
         h = tl.load(row_states + ci * NP * BC + offs)
         hs = (h,)
@@ -475,7 +480,7 @@ def scan_bwd_kernel(
         if not PF:
             nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
                                s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
-            nxt_gy = _grad_loads(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
+            nxt_gy = _operand_steps(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
     tl.atomic_add(dA_ptr + ch[None, :] * n_state + n[:, None], acc_dA, mask=mnc, sem='relaxed')
     if HAS_D:
         tl.atomic_add(dD_ptr + ch, acc_dD, mask=mc, sem='relaxed')
