@@ -268,6 +268,10 @@ def interpreter_segments(device='cpu'):
         check_selective_scan(1, 6, 2, 45, 2, torch.float32, device)
     with triton_backend.tile_config(T=8, min_seg=2, PF_fwd=0, PF_bwd=1):
         check_cross_selective_scan(1, 3, 1, 3, 7, torch.float32, device)
+    with triton_backend.tile_config(T=4, min_seg=3):  # whole chunks only, none partial: nothing past a row's end
+        check_cross_selective_scan(1, 4, 1, 4, 6, torch.float32, device)
+    with triton_backend.tile_config(T=4, S=4):  # rounds of 4 chunks; the last has a partial chunk and two past L
+        check_selective_scan(1, 4, 2, 37, 1, torch.float32, device)
 
 
 def interpreter_look_back(device='cpu'):

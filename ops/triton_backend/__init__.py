@@ -29,17 +29,18 @@ _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 
 @dataclasses.dataclass(frozen=True)
 class TileConfig:
-    """Work split of the scan kernels: T steps x BC channels per chunk; rows cut into segments when there are fewer
-    than half of ``programs`` rows (at least ``min_seg`` segments a row); WIN segments read per look-back round trip;
-    GB (batch, channel block) groups per block of the program order (see :func:`kernels._ticket`); PF_fwd / PF_bwd:
-    1 loads the next chunk while the current one is computed, 0 after it."""
+    """Work split of the scan kernels: T steps x BC channels per chunk; the forward takes rounds of S chunks, one a
+    warp; rows cut into segments when their warps are fewer than half of ``programs`` (at least ``min_seg`` segments
+    a row); WIN segments read per look-back round trip; GB (batch, channel block) groups per block of the program
+    order (see :func:`kernels._ticket`); PF_fwd / PF_bwd: 1 loads the next round (chunk) while the current one is
+    computed, 0 after it."""
     T: int
+    S: int
     BC: int
     WIN: int
     GB: int
     programs: int
     min_seg: int
-    warps_fwd: int
     warps_bwd: int
     PF_fwd: int
     PF_bwd: int
@@ -61,29 +62,31 @@ def tile_config(**fields: int) -> Iterator[None]:
 
 
 def scan_config(n_state: int, channels: int, length: int) -> TileConfig:
-    """One warp a program, every thread owning whole channels with all of their states: BC = 32 channels for
-    d_state 1 or 2, fewer (NP x BC of 64 to 128 elements) for larger d_state. Chunks of 8 steps (4 from d_state 8):
-    the backward keeps every step's state and decay of a chunk in registers, and its unrolled code at 16 steps
-    takes Triton 3.6 a minute and a half to compile."""
+    """Every thread owns whole channels with all of their states: BC = 32 channels a warp for d_state 1 or 2, fewer
+    (NP x BC of 64 to 128 elements) for larger d_state. Chunks of 8 steps (4 from d_state 8): the backward keeps
+    every step's state and decay of a chunk in registers, and its unrolled code at 16 steps takes Triton 3.6 a
+    minute and a half to compile. The forward runs S chunks of a row at once, one a warp (8 from 2048 steps, where
+    fewer rows in flight keep more of the merged output in L2; 4 below); the backward one chunk."""
     n_pad = triton.next_power_of_2(n_state)
     if _INTERPRET:
-        cfg = TileConfig(T=16, BC=min(4, triton.next_power_of_2(channels)), WIN=4, GB=1, programs=1, min_seg=1,
-                         warps_fwd=1, warps_bwd=1, PF_fwd=1, PF_bwd=1)
+        cfg = TileConfig(T=16, S=2, BC=min(4, triton.next_power_of_2(channels)), WIN=4, GB=1, programs=1, min_seg=1,
+                         warps_bwd=1, PF_fwd=1, PF_bwd=1)
     else:
         bc = min(triton.next_power_of_2(channels), max(2, 64 // n_pad) if n_pad > 2 else 32)
         t = 8 if n_pad < 8 else 4
-        cfg = TileConfig(T=t, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), GB=1, programs=2048, min_seg=1,
-                         warps_fwd=1, warps_bwd=1, PF_fwd=1, PF_bwd=1)
+        cfg = TileConfig(T=t, S=8 if length >= 2048 else 4, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), GB=1,
+                         programs=2048, min_seg=1, warps_bwd=1, PF_fwd=1, PF_bwd=1)
     return dataclasses.replace(cfg, **_override)
 
 
-def _segments(rows: int, n_chunks: int, cfg: TileConfig) -> tuple[int, int]:
-    """(chunks per segment, segments per row): rows are cut only when they alone cannot fill the GPU, since a cut
-    row's segments read their inputs twice (aggregate pass, then outputs)."""
-    wanted = triton.cdiv(cfg.programs, rows) if 2 * rows < cfg.programs else 1
-    n_seg = min(n_chunks, max(cfg.min_seg, wanted))
-    seg_chunks = triton.cdiv(n_chunks, n_seg)
-    return seg_chunks, triton.cdiv(n_chunks, seg_chunks)
+def _segments(rows: int, n_units: int, warps: int, cfg: TileConfig) -> tuple[int, int]:
+    """(units per segment, segments per row) for rows of n_units units (the forward's rounds, the backward's
+    chunks) taken by programs of ``warps`` warps: rows are cut only when they alone cannot fill the GPU, since a
+    cut row's segments read their inputs twice (aggregate pass, then outputs)."""
+    wanted = triton.cdiv(cfg.programs, rows * warps) if 2 * rows * warps < cfg.programs else 1
+    n_seg = min(n_units, max(cfg.min_seg, wanted))
+    seg_units = triton.cdiv(n_units, n_seg)
+    return seg_units, triton.cdiv(n_units, seg_units)
 
 
 def _guard(t: torch.Tensor):
@@ -217,19 +220,21 @@ def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool,
     n_pad = triton.next_power_of_2(geo.n_state)
     n_cblk, n_chunks = triton.cdiv(geo.channels, cfg.BC), triton.cdiv(geo.length, cfg.T)
     rows = geo.batch * geo.routes * n_cblk
-    seg_chunks, n_seg = _segments(rows, n_chunks, cfg)
+    warps = max(1, cfg.S * n_pad * cfg.BC // (32 if n_pad <= 2 else 64))  # a thread an element of (S, NP, BC), or 2
+    seg_rounds, n_seg = _segments(rows, triton.cdiv(n_chunks, cfg.S), warps, cfg)
     dev = A.device
     states = torch.empty(rows, n_chunks + 1 if save_states else 1, n_pad, cfg.BC, device=dev, dtype=torch.float32)
-    status = torch.empty(rows * n_seg * 3 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
+    status = torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
     flags = torch.zeros(rows * n_seg + 1, device=dev, dtype=torch.int32)
     with _guard(A):
         kernels.scan_fwd_kernel[(rows * n_seg,)](
             u[0], delta[0], A, B[0], C[0], A if D is None else D, A if delta_bias is None else delta_bias, y[0],
             states, status, flags, geo.length, geo.height, geo.width, geo.n_state, geo.channels, geo.routes, n_cblk,
-            n_chunks, seg_chunks, n_seg, cfg.GB, *u[1], *delta[1], *B[1], *C[1], *y[1],
+            n_chunks, seg_rounds, n_seg, cfg.GB, *u[1], *delta[1], *B[1], *C[1], *y[1],
             CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            T=cfg.T, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, PF=cfg.PF_fwd, SAVE_STATES=save_states,
-            num_warps=cfg.warps_fwd)
+            T=cfg.T, S=cfg.S, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, PF=cfg.PF_fwd, SAVE_STATES=save_states,
+            EVEN=geo.channels % cfg.BC == 0 and geo.n_state == n_pad,
+            SHARED_POS=u[1][3] == delta[1][3] == y[1][3] and B[1][3] == C[1][3], num_warps=warps)
     return states
 
 
@@ -242,9 +247,9 @@ def _launch_backward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool
     if states.shape[1:] != (n_chunks + 1, n_pad, cfg.BC):
         raise RuntimeError('selective scan backward: the tile configuration changed since the forward')
     rows = geo.batch * geo.routes * n_cblk
-    seg_chunks, n_seg = _segments(rows, n_chunks, cfg)
+    seg_chunks, n_seg = _segments(rows, n_chunks, cfg.warps_bwd, cfg)
     dev = A.device
-    status = torch.empty(rows * n_seg * 3 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
+    status = torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
     flags = torch.zeros(rows * n_seg + 1, device=dev, dtype=torch.int32)
     dA = torch.zeros(A.shape, device=dev, dtype=torch.float32)
     dD = torch.zeros(A.shape[0], device=dev, dtype=torch.float32) if D is not None else None

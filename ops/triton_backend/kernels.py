@@ -1,15 +1,18 @@
 """Triton kernels: route gathers for cross-scan/merge, and the chunked selective scan (forward and backward).
 
 Scan layout. A *row* is one (batch, route k, block of BC channels); the unfused selective scan is the special case
-"one route per channel group, identity order". A program walks a *segment* of a row, chunk by chunk (T steps each),
-carrying the state in registers:
+"one route per channel group, identity order". A program walks a *segment* of a row, carrying the state in
+registers:
 
     h_t = a_t * h_{t-1} + b_t,   a_t = exp(dt_t * A),  b_t = dt_t * B_t * u_t,  y_t = <C_t, h_t> + D * u_t
 
-Every thread owns whole channels (and states) of the block, so the recurrence runs step by step in registers with no
-exchange between threads: a chunk's T steps are unrolled, their loads issued together (and, with PF, one chunk
-ahead), then the T updates follow. Each step reads BC consecutive channels of one image position, which the routes
-give as a row-major index ``p`` stepping by +-1 (rows) or +-W (columns, wrapping to the next column).
+Every thread owns whole channels (and states) of the block, so the recurrence runs step by step in registers: a
+chunk's T steps are unrolled, their loads issued together (and, with PF, one chunk or round ahead), then the T
+updates follow. Each step reads BC consecutive channels of one image position, which the routes give as a row-major
+index ``p`` stepping by +-1 (rows) or +-W (columns, wrapping to the next column). The backward takes a segment chunk
+by chunk, one warp a row. The forward takes it in *rounds* of S consecutive chunks, one a warp: each chunk runs on
+its own from a zero state (keeping its steps' decays and inputs), a scan over the round's chunk aggregates gives the
+state entering each chunk, and the chunks then make their outputs. The forward's tiles are (S, NP, BC).
 
 A row is cut into several segments only when rows alone are too few to fill the GPU; the segments are then chained
 by a decoupled look-back (as in single-pass prefix sums): a program first computes its segment's aggregate (P, S)
@@ -38,26 +41,44 @@ def _combine(a1, b1, a2, b2):
     return a1 * a2, a2 * b1 + b2
 
 
+_LOG2E = tl.constexpr(1.4426950408889634)
+_LN2 = tl.constexpr(0.6931471805599453)
+
 if os.environ.get('TRITON_INTERPRET') == '1':
     @triton.jit
-    def _log(x):
-        """Natural logarithm (the interpreter's)."""
-        return tl.log(x)
-else:
+    def _ex2(x):
+        """2 ** x (the interpreter's)."""
+        return tl.exp2(x)
+
     @triton.jit
-    def _log(x):
-        """Natural logarithm of a float32 tile from the hardware's log2 approximation (relative error about 2^-22):
-        tl.log's libdevice polynomial with its branches costs several times more in the scan's inner loop."""
+    def _lg2(x):
+        """log2(x) (the interpreter's)."""
+        return tl.log2(x)
+else:
+    # The hardware's approximations (relative error about 2^-22, subnormals flushed to zero) as single instructions:
+    # tl.exp and tl.log add range fix-ups or libdevice polynomials around them, which cost several times more in the
+    # scan's inner loop.
+    @triton.jit
+    def _ex2(x):
+        """2 ** x of a float32 tile."""
+        return tl.inline_asm_elementwise('ex2.approx.ftz.f32 $0, $1;', '=r,r', [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+
+    @triton.jit
+    def _lg2(x):
+        """log2(x) of a float32 tile."""
         return tl.inline_asm_elementwise('lg2.approx.ftz.f32 $0, $1;', '=r,r', [x], dtype=tl.float32, is_pure=True,
-                                         pack=1) * 0.6931471805599453
+                                         pack=1)
 
 
 @triton.jit
 def _softplus(x):
-    """log(1 + exp(x)) (x itself above 20, as torch), with an accurate log1p for small exp(x)."""
-    z = tl.exp(x)
+    """log(1 + exp(x)) (x itself above 20, as torch), with an accurate log1p for small exp(x): for w = 1 + z rounded,
+    log(1 + z) = log(w) + e / w to first order in the rounding error e = z - (w - 1) (exact), and 1 / w ~ 2 - w is
+    close enough for that correction below w = 2 (above it, e / w is below float32 resolution)."""
+    z = _ex2(x * _LOG2E)
     w = 1.0 + z
-    sp = tl.where(w == 1.0, z, _log(w) * tl.fdiv(z, w - 1.0))
+    sp = _lg2(w) * _LN2 + (z - (w - 1.0)) * tl.maximum(2.0 - w, 0.0)
     return tl.where(x > 20.0, x, sp)
 
 
@@ -92,10 +113,14 @@ def _look_back(flag_ptr, agg_ptr, incl_ptr, s, n_seg, agg_stride, incl_stride, a
             use_agg = valid & (js > star)
         is_star = ((js == star) & valid)[:, None, None]
         use_agg = use_agg[:, None, None]
-        agg = agg_ptr + js.to(tl.int64)[:, None, None] * agg_stride + agg_offs[None, :, :]
+        # one element a thread (no vector loads): the result then keeps the scan loops' one-channel-a-thread
+        # layout instead of imposing this tile's on them (a shared-memory exchange at every step)
+        agg = agg_ptr + tl.max_contiguous(js.to(tl.int64)[:, None, None] * agg_stride + agg_offs[None, :, :],
+                                          [1, 1, 1])
         wa = tl.load(agg, mask=use_agg, other=1.0, cache_modifier='.cg')
         wb = tl.load(agg + NP * BC, mask=use_agg, other=0.0, cache_modifier='.cg')
-        incl = incl_ptr + js.to(tl.int64)[:, None, None] * incl_stride + incl_offs[None, :, :]
+        incl = incl_ptr + tl.max_contiguous(js.to(tl.int64)[:, None, None] * incl_stride + incl_offs[None, :, :],
+                                            [1, 1, 1])
         wb += tl.load(incl, mask=is_star & incl_mask[None, :, :], other=0.0, cache_modifier='.cg')
         wa = tl.where(is_star, 0.0, wa)
         if REVERSE:
@@ -128,16 +153,20 @@ def _chain_segment(flag_ptr, status_ptr, row, s, n_seg, agg_a, agg_b, offs, REVE
                    BC: tl.constexpr, WIN: tl.constexpr):
     """Publish segment s's aggregate (h_out = agg_a * h_in + agg_b), take the state entering it from the look-back
     over the row's other segments (those after it when REVERSE), publish its inclusive state and return the entering
-    one. Each segment's status holds (agg_a, agg_b, inclusive state)."""
+    one. Each segment's status holds (agg_a, agg_b, inclusive state, entering state): the entering state goes through
+    its (private) slot and comes back in the layout of ``offs``, so that the look-back's tiles do not impose their
+    layout on the scan loops that carry it on (a shared-memory exchange at every step)."""
     row_flags = flag_ptr + row * n_seg
-    row_status = status_ptr + row.to(tl.int64) * n_seg * 3 * NP * BC
-    tl.store(row_status + s * 3 * NP * BC + offs, agg_a)
-    _publish(row_flags + s, row_status + s * 3 * NP * BC + NP * BC + offs, agg_b, offs >= 0, _AGGREGATE)
-    entering = _look_back(row_flags, row_status, row_status + 2 * NP * BC, s, n_seg, 3 * NP * BC, 3 * NP * BC, offs,
+    seg_status = status_ptr + (row.to(tl.int64) * n_seg + s) * 4 * NP * BC
+    tl.store(seg_status + offs, agg_a)
+    _publish(row_flags + s, seg_status + NP * BC + offs, agg_b, offs >= 0, _AGGREGATE)
+    row_status = status_ptr + row.to(tl.int64) * n_seg * 4 * NP * BC
+    entering = _look_back(row_flags, row_status, row_status + 2 * NP * BC, s, n_seg, 4 * NP * BC, 4 * NP * BC, offs,
                           offs, offs >= 0, REVERSE, NP, BC, WIN)
-    _publish(row_flags + s, row_status + s * 3 * NP * BC + 2 * NP * BC + offs, agg_a * entering + agg_b, offs >= 0,
-             _INCLUSIVE)
-    return entering
+    _publish(row_flags + s, seg_status + 2 * NP * BC + offs, agg_a * entering + agg_b, offs >= 0, _INCLUSIVE)
+    tl.store(seg_status + 3 * NP * BC + offs, entering)
+    tl.debug_barrier()
+    return tl.load(seg_status + 3 * NP * BC + offs, volatile=True)
 
 
 @triton.jit
@@ -163,26 +192,27 @@ def _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB):
 
 @triton.jit
 def _route_start(k, t, L, H, W, CROSS: tl.constexpr):
-    """Image position (row-major index) of step t of route k, and the position step to the next one: routes go
-    row-major, column-major, and both reversed. Unrouted: position t, step 1."""
+    """Image position (row-major index) of step t of route k, the position step to the next one, and what a column
+    route adds to wrap past the image's edge into the next column: routes go row-major, column-major, and both
+    reversed. Unrouted: position t, step 1."""
     if CROSS:
         rev = k >= 2
         col = (k % 2) == 1
         tt = tl.where(rev, L - 1 - t, t)
         dp = tl.where(col, W, 1)
-        return tl.where(col, (tt % H) * W + tt // H, tt), tl.where(rev, -dp, dp)
+        return tl.where(col, (tt % H) * W + tt // H, tt), tl.where(rev, -dp, dp), tl.where(rev, L - 1, 1 - L)
     else:
-        return t, 1
+        return t, 1, 0
 
 
 @triton.jit
-def _next_position(p, dp, L, CROSS: tl.constexpr):
-    """The position after p on its route; a column route wraps from the last row to the next column. Past the route's
-    end the result is meaningless (such steps are masked)."""
+def _next_position(p, dp, wrap, L, CROSS: tl.constexpr):
+    """The position after p on its route (walking backwards: -dp, -wrap); a column route wraps from the last row to
+    the next column (one unsigned comparison catches both edges). Past the route's end the result is meaningless
+    (such steps are masked)."""
     p = p + dp
     if CROSS:
-        p = tl.where(p >= L, p - (L - 1), p)
-        p = tl.where(p < 0, p + (L - 1), p)
+        p = tl.where(p.to(tl.uint32, bitcast=True) >= L.to(tl.uint32), p + wrap, p)
     return p
 
 
@@ -193,7 +223,7 @@ def _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn,
     """Steps t0 .. t0 + T - 1 of a row in their stored dtype, as tuples over the steps: u and delta (BC,), B and C
     (NP,) (C only ``WITH_C``), the route walked once for all four. Steps at or past L are masked off (zeros); a chunk
     past L loads nothing."""
-    p, dp = _route_start(k, t0, L, H, W, CROSS)
+    p, dp, wrap = _route_start(k, t0, L, H, W, CROSS)
     us = ()
     ds = ()
     bs = ()
@@ -205,7 +235,7 @@ def _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn,
         bs = bs + (tl.load(B_base + p * s_Bp + n * s_Bn, mask=valid & mn, other=0.0),)
         if WITH_C:
             cs = cs + (tl.load(C_base + p * s_Cp + n * s_Cn, mask=valid & mn, other=0.0),)
-        p = _next_position(p, dp, L, CROSS)
+        p = _next_position(p, dp, wrap, L, CROSS)
     return us, ds, bs, cs
 
 
@@ -213,11 +243,11 @@ def _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn,
 def _operand_steps(base, k, t0, L, H, W, idx, m_idx, s_idx, s_p, CROSS: tl.constexpr, T: tl.constexpr):
     """One operand at steps t0 .. t0 + T - 1 of a row, a tuple of tiles over ``idx`` (channels or states; zeros at
     or past L)."""
-    p, dp = _route_start(k, t0, L, H, W, CROSS)
+    p, dp, wrap = _route_start(k, t0, L, H, W, CROSS)
     xs = ()
     for j in tl.static_range(T):
         xs = xs + (tl.load(base + p * s_p + idx * s_idx, mask=(t0 + j < L) & m_idx, other=0.0),)
-        p = _next_position(p, dp, L, CROSS)
+        p = _next_position(p, dp, wrap, L, CROSS)
     return xs
 
 
@@ -267,100 +297,251 @@ def _program_setup(flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes
 # Sizes and strides vary with the model's stage, image size and projection width; specialising on them (value 1,
 # divisibility by 16) would compile the long unrolled kernels once per stage. Only the channel strides (1 in the
 # model's channel-last layouts) are specialised.
-_SIZES = ['L', 'H', 'W', 'n_state', 'channels', 'n_routes', 'n_cblk', 'n_chunks', 'seg_chunks', 'n_seg', 'GB']
+_SIZES = ['L', 'H', 'W', 'n_state', 'channels', 'n_routes', 'n_cblk', 'n_chunks', 'n_seg', 'GB']
 _STRIDES_FWD = ['s_ub', 's_uk', 's_up', 's_db', 's_dk', 's_dp', 's_Bb', 's_Bk', 's_Bn', 's_Bp', 's_Cb', 's_Ck', 's_Cn',
                 's_Cp', 's_yb', 's_yk', 's_yp']
 _STRIDES_BWD = _STRIDES_FWD[:-3] + ['s_gb', 's_gk', 's_gp', 's_dub', 's_duk', 's_dup', 's_ddb', 's_ddk', 's_ddp',
                                     's_dBb', 's_dBk', 's_dBn', 's_dBp', 's_dCb', 's_dCk', 's_dCn', 's_dCp']
 
 
-@triton.jit(do_not_specialize=_SIZES + _STRIDES_FWD)
+@triton.jit
+def _load(ptr, step_ok, mask, TAIL: tl.constexpr, EVEN: tl.constexpr):
+    """A tile of ptr: in the row's last round (TAIL) only where the step is before L; where not EVEN (channels not a
+    multiple of BC or d_state not a power of two) only inside ``mask``; zeros elsewhere."""
+    if TAIL:
+        if EVEN:
+            return tl.load(ptr, mask=step_ok, other=0.0)
+        else:
+            return tl.load(ptr, mask=step_ok & mask, other=0.0)
+    elif EVEN:
+        return tl.load(ptr)
+    else:
+        return tl.load(ptr, mask=mask, other=0.0)
+
+
+@triton.jit
+def _round_loads(u_base, dl_base, B_base, C_base, k, r, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp, s_Bn, s_Bp,
+                 s_Cn, s_Cp, s_yp, TAIL: tl.constexpr, WITH_C: tl.constexpr, EVEN: tl.constexpr,
+                 CROSS: tl.constexpr, S: tl.constexpr, T: tl.constexpr):
+    """Round r of a row: chunks r * S + i (i < S) of T steps each, tuples over the steps of u and delta (S, BC),
+    B and C (S, NP) (C only ``WITH_C``) in their stored dtype and of the output's position offsets (S,). A whole
+    round loads every step (no per-step mask); TAIL (the row's last round, or a first round that may be it) only
+    the steps before L."""
+    t = (r * S + tl.arange(0, S)) * T
+    p, dp, wrap = _route_start(k, t, L, H, W, CROSS)
+    us = ()
+    ds = ()
+    bs = ()
+    cs = ()
+    ys = ()
+    for j in tl.static_range(T):
+        ok = (t + j < L)[:, None]
+        us = us + (_load(u_base + (p[:, None] * s_up + c[None, :] * s_uc), ok, mc[None, :], TAIL, EVEN),)
+        ds = ds + (_load(dl_base + (p[:, None] * s_dp + c[None, :] * s_dc), ok, mc[None, :], TAIL, EVEN),)
+        bs = bs + (_load(B_base + (p[:, None] * s_Bp + n[None, :] * s_Bn), ok, mn[None, :], TAIL, EVEN),)
+        if WITH_C:
+            cs = cs + (_load(C_base + (p[:, None] * s_Cp + n[None, :] * s_Cn), ok, mn[None, :], TAIL, EVEN),)
+        ys = ys + (p * s_yp,)
+        p = _next_position(p, dp, wrap, L, CROSS)
+    return us, ds, bs, cs, ys
+
+
+@triton.jit
+def _round_local(us, ds, bs, r, L, A2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, TAIL: tl.constexpr,
+                 S: tl.constexpr, T: tl.constexpr):
+    """Every chunk of a round on its own: per step the decay a = 2^(dt A log2(e)) and input b = dt u B (S, NP, BC)
+    (identity a = 1, b = 0 at or past L) and u (S, BC) float32, as tuples over the steps, plus each chunk's aggregate
+    h -> pa * h + hb."""
+    t = (r * S + tl.arange(0, S)) * T
+    decays = ()
+    inputs = ()
+    u32 = ()
+    pa = tl.full((S, A2.shape[0], A2.shape[1]), 1.0, tl.float32)
+    hb = tl.zeros((S, A2.shape[0], A2.shape[1]), tl.float32)
+    for j in tl.static_range(T):
+        u = us[j].to(tl.float32)
+        _, dt = _dt(ds[j], bias, HAS_BIAS, SOFTPLUS)
+        a = _ex2(dt[:, None, :] * A2[None, :, :])
+        x = (dt * u)[:, None, :] * bs[j].to(tl.float32)[:, :, None]
+        if TAIL:
+            valid = (t + j < L)[:, None, None]
+            a = tl.where(valid, a, 1.0)
+            x = tl.where(valid, x, 0.0)
+        hb = a * hb + x
+        pa = a * pa
+        decays = decays + (a,)
+        inputs = inputs + (x,)
+        u32 = u32 + (u,)
+    return decays, inputs, u32, pa, hb
+
+
+@triton.jit
+def _round_aggregate(pa, hb, S: tl.constexpr):
+    """The round's aggregate (NP, BC): its chunks' aggregates composed in order."""
+    ia, ib = tl.associative_scan((pa, hb), 0, _combine)
+    last = (tl.arange(0, S) == S - 1)[:, None, None]
+    return tl.sum(tl.where(last, ia, 0.0), 0), tl.sum(tl.where(last, ib, 0.0), 0)
+
+
+@triton.jit
+def _combine_exclusive(a1, b1, e1, f1, a2, b2, e2, f2):
+    """Scan pairs (inclusive, exclusive) of affine maps: a range's inclusive map composes all of its chunks, its
+    exclusive map all but the last. Leaves are (chunk's map, identity)."""
+    return a1 * a2, a2 * b1 + b2, a1 * e2, e2 * b1 + f2
+
+
+@triton.jit
+def _round_states(h, pa, hb, S: tl.constexpr):
+    """From the state h entering a round and its chunks' aggregates: the state entering each chunk (S, NP, BC) and
+    the state after the round (NP, BC)."""
+    ia, ib, ea, eb = tl.associative_scan((pa, hb, tl.full(pa.shape, 1.0, tl.float32), tl.zeros(hb.shape, tl.float32)),
+                                         0, _combine_exclusive)
+    last = (tl.arange(0, S) == S - 1)[:, None, None]
+    return ea * h[None, :, :] + eb, tl.sum(tl.where(last, ia * h[None, :, :] + ib, 0.0), 0)
+
+
+@triton.jit
+def _round_outputs(h_in, decays, inputs, u32, cs, ys, r, L, D, y_base, c, mc, s_yc, TAIL: tl.constexpr,
+                   EVEN: tl.constexpr, CROSS: tl.constexpr, S: tl.constexpr, T: tl.constexpr):
+    """Run each chunk of a round from the state entering it and write every step's output: stored, or atomically
+    added when the four routes merge into it (CROSS)."""
+    t = (r * S + tl.arange(0, S)) * T
+    h = h_in
+    for j in tl.static_range(T):
+        h = decays[j] * h + inputs[j]
+        y = tl.sum(cs[j].to(tl.float32)[:, :, None] * h, 1) + D * u32[j]
+        ptr = y_base + (ys[j][:, None] + c[None, :] * s_yc)
+        if TAIL:
+            mask = (t + j < L)[:, None] & mc[None, :]
+            if CROSS:
+                tl.atomic_add(ptr, y, mask=mask, sem='relaxed')
+            else:
+                tl.store(ptr, y.to(ptr.dtype.element_ty), mask=mask)
+        elif EVEN:
+            if CROSS:
+                tl.atomic_add(ptr, y, sem='relaxed')
+            else:
+                tl.store(ptr, y.to(ptr.dtype.element_ty))
+        else:
+            if CROSS:
+                tl.atomic_add(ptr, y, mask=mc[None, :], sem='relaxed')
+            else:
+                tl.store(ptr, y.to(ptr.dtype.element_ty), mask=mc[None, :])
+
+
+@triton.jit(do_not_specialize=_SIZES + ['seg_rounds'] + _STRIDES_FWD)
 def scan_fwd_kernel(
         u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, states_ptr, status_ptr, flag_ptr,
-        L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
+        L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_rounds, n_seg, GB,
         s_ub, s_uk, s_uc, s_up, s_db, s_dk, s_dc, s_dp, s_Bb, s_Bk, s_Bn, s_Bp, s_Cb, s_Ck, s_Cn, s_Cp,
         s_yb, s_yk, s_yc, s_yp,
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        T: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, PF: tl.constexpr,
-        SAVE_STATES: tl.constexpr):
-    """Forward over one segment (seg_chunks chunks of T steps) of one row, the state carried between chunks.
+        T: tl.constexpr, S: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, PF: tl.constexpr,
+        SAVE_STATES: tl.constexpr, EVEN: tl.constexpr, SHARED_POS: tl.constexpr):
+    """Forward over one segment (seg_rounds rounds) of one row, the state carried between rounds.
 
-    With several segments per row, a first pass over the segment computes its aggregate for the look-back; the
-    second pass produces y from the carried-in state. The state entering every chunk is saved for the backward
-    (SAVE_STATES), plus the row's final state. y is stored, or atomically added when the four routes merge into it
-    (CROSS).
+    A round is S consecutive chunks of T steps, one per warp: each chunk first runs on its own (its steps' decays
+    and inputs kept in registers, and its aggregate); a scan over the round's aggregates gives the state entering
+    each chunk, from which the chunks make their outputs. S chunks in flight keep the row's parallelism at S x BC
+    threads without a second pass over the inputs, and fewer rows in flight keep the outputs that the four routes
+    merge (and their shared input) in L2.
+
+    Whole rounds run without per-step masks (and, with EVEN: channels a multiple of BC, d_state a power of two,
+    without any); only the row's last round checks each step against L. With several segments per row, a first
+    pass over the segment computes its aggregate for the look-back; the second pass produces y from the carried-in
+    state. The state entering every chunk is saved for the backward (SAVE_STATES), plus the row's final state.
+    SHARED_POS: u, delta and y have one position stride, and B and C another (as the model lays them out), so that a
+    step's offsets are computed once.
     """
+    if SHARED_POS:
+        s_dp = s_up
+        s_yp = s_up
+        s_Cp = s_Bp
+    n_rounds = (n_chunks + S - 1) // S
     b64, k, k64, s, row, c, n, mc, mn, ch, A, bias, D, offs, first, end = _program_setup(
-        flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
+        flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_rounds, seg_rounds, n_seg, GB,
         False, HAS_D, HAS_BIAS, NP, BC)
+    A2 = A * _LOG2E
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
     dl_base = dl_ptr + b64 * s_db + k64 * s_dk
     B_base = B_ptr + b64 * s_Bb + k64 * s_Bk
     C_base = C_ptr + b64 * s_Cb + k64 * s_Ck
     y_base = y_ptr + b64 * s_yb + k64 * s_yk
+    full_end = tl.minimum(end, L // (S * T))  # rounds [first, full_end) are whole; one at full_end is the last
 
     h = tl.zeros((NP, BC), tl.float32)
     if n_seg > 1:
         agg_a = tl.full((NP, BC), 1.0, tl.float32)
         agg_b = tl.zeros((NP, BC), tl.float32)
-        nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, first * T, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                           s_dp, s_Bn, s_Bp, s_Cn, s_Cp, False, CROSS, T)
-        for ci in range(first, end):
-            us, ds, bs, cs = nxt
-            t_next = tl.where(ci + 1 < end, ci + 1, n_chunks) * T
+        nxt = _round_loads(u_base, dl_base, B_base, C_base, k, first, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp,
+                           s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, False, EVEN, CROSS, S, T)
+        for r in range(first, full_end):
+            us, ds, bs, _, _ = nxt
+            r_next = tl.minimum(r + 1, full_end - 1)  # past the whole rounds: this one again (no masks needed)
             if PF:
-                nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up,
-                                   s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, False, CROSS, T)
-            for j in tl.static_range(T):
-                a, x, _, _, _ = _step_terms(us[j], ds[j], bs[j], A, bias, HAS_BIAS, SOFTPLUS)
-                valid = ci * T + j < L
-                agg_b = tl.where(valid, a * agg_b + x, agg_b)
-                agg_a = tl.where(valid, a * agg_a, agg_a)
+                nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up,
+                                   s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, False, EVEN, CROSS, S, T)
+            _, _, _, pa, hb = _round_local(us, ds, bs, r, L, A2, bias, HAS_BIAS, SOFTPLUS, False, S, T)
+            ra, rb = _round_aggregate(pa, hb, S)
+            agg_b = ra * agg_b + rb
+            agg_a = ra * agg_a
             if not PF:
-                nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up,
-                                   s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, False, CROSS, T)
+                nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up,
+                                   s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, False, EVEN, CROSS, S, T)
+        if full_end < end:
+            us, ds, bs, _, _ = _round_loads(u_base, dl_base, B_base, C_base, k, full_end, L, H, W, c, n, mc, mn, s_uc,
+                                            s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, False, EVEN, CROSS,
+                                            S, T)
+            _, _, _, pa, hb = _round_local(us, ds, bs, full_end, L, A2, bias, HAS_BIAS, SOFTPLUS, True, S, T)
+            ra, rb = _round_aggregate(pa, hb, S)
+            agg_b = ra * agg_b + rb
+            agg_a = ra * agg_a
         h = _chain_segment(flag_ptr, status_ptr, row, s, n_seg, agg_a, agg_b, offs, False, NP, BC, WIN)
 
     n_slots = n_chunks + 1 if SAVE_STATES else 1
     row_states = states_ptr + row.to(tl.int64) * n_slots * NP * BC
-    nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, first * T, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp,
-                       s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
-    for ci in range(first, end):
-        us, ds, bs, cs = nxt
-        t_next = tl.where(ci + 1 < end, ci + 1, n_chunks) * T  # past the segment: past L, which loads nothing
+    chunk_offs = tl.arange(0, S)[:, None, None] * NP * BC + offs[None, :, :]
+    nxt = _round_loads(u_base, dl_base, B_base, C_base, k, first, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp,
+                       s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, True, EVEN, CROSS, S, T)
+    for r in range(first, full_end):
+        us, ds, bs, cs, ys = nxt
+        r_next = tl.minimum(r + 1, full_end - 1)
         if PF:
-            nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+            nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, True, EVEN, CROSS, S, T)
+        decays, inputs, u32, pa, hb = _round_local(us, ds, bs, r, L, A2, bias, HAS_BIAS, SOFTPLUS, False, S, T)
+        h_in, h = _round_states(h, pa, hb, S)
         if SAVE_STATES:
-            tl.store(row_states + ci * NP * BC + offs, h)
-        p, dp = _route_start(k, ci * T, L, H, W, CROSS)
-        for j in tl.static_range(T):
-            valid = ci * T + j < L
-            a, x, u, _, _ = _step_terms(us[j], ds[j], bs[j], A, bias, HAS_BIAS, SOFTPLUS)
-            h = tl.where(valid, a * h + x, h)
-            y = tl.sum(cs[j].to(tl.float32)[:, None] * h, 0) + D * u
-            if CROSS:
-                tl.atomic_add(y_base + p * s_yp + c * s_yc, y, mask=valid & mc, sem='relaxed')
-            else:
-                tl.store(y_base + p * s_yp + c * s_yc, y.to(y_ptr.dtype.element_ty), mask=valid & mc)
-            p = _next_position(p, dp, L, CROSS)
+            tl.store(row_states + r * S * NP * BC + chunk_offs, h_in)
+        _round_outputs(h_in, decays, inputs, u32, cs, ys, r, L, D, y_base, c, mc, s_yc, False, EVEN, CROSS, S, T)
         if not PF:
-            nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
-    tl.store(row_states + (n_slots - 1) * NP * BC + offs, h, mask=(offs >= 0) & (end == n_chunks))
+            nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, True, EVEN, CROSS, S, T)
+    if full_end < end:
+        us, ds, bs, cs, ys = _round_loads(u_base, dl_base, B_base, C_base, k, full_end, L, H, W, c, n, mc, mn, s_uc,
+                                          s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, True, EVEN, CROSS, S,
+                                          T)
+        decays, inputs, u32, pa, hb = _round_local(us, ds, bs, full_end, L, A2, bias, HAS_BIAS, SOFTPLUS, True, S, T)
+        h_in, h = _round_states(h, pa, hb, S)
+        if SAVE_STATES:
+            in_row = (full_end * S + tl.arange(0, S) < n_chunks)[:, None, None]
+            tl.store(row_states + full_end * S * NP * BC + chunk_offs, h_in, mask=in_row)
+        _round_outputs(h_in, decays, inputs, u32, cs, ys, full_end, L, D, y_base, c, mc, s_yc, True, EVEN, CROSS, S,
+                       T)
+    tl.store(row_states + (n_slots - 1) * NP * BC + offs, h, mask=(offs >= 0) & (end == n_rounds))
 
 
 @triton.jit
 def _decay_at(dl_base, k, t, L, H, W, c, mc, s_dc, s_dp, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
               CROSS: tl.constexpr):
     """a_t = exp(dt_t A) of step t of a row, (NP, BC); zero at or past L (no adjoint flows in from there)."""
-    p, _ = _route_start(k, t, L, H, W, CROSS)
+    p, _, _ = _route_start(k, t, L, H, W, CROSS)
     d = tl.load(dl_base + p * s_dp + c * s_dc, mask=(t < L) & mc, other=0.0)
     _, dt = _dt(d, bias, HAS_BIAS, SOFTPLUS)
     return tl.where(t < L, tl.exp(dt[None, :] * A), 0.0)
 
 
-@triton.jit(do_not_specialize=_SIZES + _STRIDES_BWD)
+@triton.jit(do_not_specialize=_SIZES + ['seg_chunks'] + _STRIDES_BWD)
 def scan_bwd_kernel(
         u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, gy_ptr, states_ptr, status_ptr, flag_ptr,
         du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
@@ -448,7 +629,7 @@ def scan_bwd_kernel(
             pres = pres + (pre,)
         # the adjoint backwards through the chunk, and every gradient of its steps (positions from its last valid
         # step backwards)
-        p, dp = _route_start(k, tl.minimum(t0 + T - 1, L - 1), L, H, W, CROSS)
+        p, dp, wrap = _route_start(k, tl.minimum(t0 + T - 1, L - 1), L, H, W, CROSS)
         for j in tl.static_range(T - 1, -1, -1):
             valid = t0 + j < L
             u = us[j].to(tl.float32)
@@ -476,7 +657,7 @@ def scan_bwd_kernel(
                 tl.atomic_add(du_base + p * s_dup + c * s_duc, du, mask=valid & mc, sem='relaxed')
             else:
                 tl.store(du_base + p * s_dup + c * s_duc, du.to(du_ptr.dtype.element_ty), mask=valid & mc)
-            p = tl.where(valid, _next_position(p, -dp, L, CROSS), p)
+            p = tl.where(valid, _next_position(p, -dp, -wrap, L, CROSS), p)
         if not PF:
             nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
                                s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
