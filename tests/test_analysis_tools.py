@@ -1,6 +1,7 @@
 """Analysis tools: FLOPs as the paper counts them, ERF, activation maps, the benchmark's sweep plot, config models."""
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -240,3 +241,11 @@ def test_benchmark_compares_with_swin_and_convnext(capsys):
     assert {r.model for r in results if r.mode == 'fwd+bwd'} == {'VMamba tiny-s1l8 (modified) backbone',
                                                                  f'{swin} backbone'}
     assert next(line for line in table.splitlines() if line.startswith(f'| {swin}')).rstrip(' |').endswith('1.00x')
+
+
+def test_benchmark_ops_rejects_an_unknown_implementation():
+    pytest.importorskip('triton')
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'analysis', 'benchmark_ops.py'), '--only',
+                           'triton fusd'], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "unknown implementation(s) ['triton fusd']" in done.stderr
+    assert "'triton fused'" in done.stderr

@@ -46,7 +46,7 @@ DETECTION = [(2, 200, 304, 96), (2, 100, 152, 192), (2, 50, 76, 384), (2, 25, 38
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 # --sweep: tile configurations of the fused kernel (fields of triton_backend.TileConfig over its defaults), at
 # stage-1 and stage-3 classification and stage-1 detection shapes
-SWEEP = [{}, dict(T=4), dict(PF_fwd=0, PF_bwd=0), dict(BC=64), dict(BC=64, warps_fwd=2, warps_bwd=2),
+SWEEP = [{}, dict(T=4), dict(PF_fwd=0, PF_bwd=0), dict(BC=64), dict(S=2), dict(S=8),
          dict(programs=4096), dict(min_seg=2)]
 SWEEP_SHAPES = [CLASSIFICATION[0], CLASSIFICATION[2], DETECTION[0]]
 
@@ -174,10 +174,17 @@ def main() -> None:
     parser.add_argument('--shapes', choices=('all', 'classification', 'detection'), default='all')
     parser.add_argument('--reference-max-elements', type=float, default=1e7,
                         help='time the reference only where batch * C * H * W is at most this (default 1e7)')
+    parser.add_argument('--only', action='append', metavar='NAME',
+                        help="time only this implementation (repeatable): 'reference', 'triton unfused', "
+                             "'triton fused', 'mamba_ssm unfused'")
     parser.add_argument('--sweep', action='store_true',
                         help='time the fused Triton kernel over tile configurations (see SWEEP) at three of the '
                              'shapes')
     args = parser.parse_args()
+    impls = implementations()
+    unknown = set(args.only or ()) - set(impls)
+    if unknown:
+        parser.error(f'--only: unknown implementation(s) {sorted(unknown)}; available: {sorted(impls)}')
     torch.manual_seed(0)
     shapes = {'all': CLASSIFICATION + DETECTION, 'classification': CLASSIFICATION, 'detection': DETECTION}[args.shapes]
     if args.sweep:
@@ -193,7 +200,9 @@ def main() -> None:
                                 copy_bw))
     else:
         for case in cases:
-            for name, fn in implementations().items():
+            for name, fn in impls.items():
+                if args.only and name not in args.only:
+                    continue
                 if name == 'reference' and case.batch * case.channels * case.length > args.reference_max_elements:
                     continue
                 rows.append(row(case.label(), name, case, time_case(fn, case), copy_bw))
