@@ -217,3 +217,14 @@ def test_amp_settings(cuda, monkeypatch):
             amp_wrapper('mmseg', 'fp16')
     with pytest.raises(ValueError, match='bfloat16'):
         amp_wrapper('mmdet', 'bf16' if cuda else 'default')
+
+
+def test_teardown_destroys_the_process_group():
+    """The tools end a multi-process run by destroying its process group (left to interpreter exit, gloo's threads
+    can abort the process after the work is done)."""
+    train = import_train_tool()
+    torch.distributed.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{free_port()}', rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    train.teardown_distributed()
+    assert not torch.distributed.is_initialized()
+    train.teardown_distributed()  # nothing to do: no error

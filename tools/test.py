@@ -14,7 +14,14 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
 from mmengine.runner import Runner
-from train import allow_mmengine_checkpoints, build_runner, load_config, register_scope, setup_distributed
+from train import (
+    allow_mmengine_checkpoints,
+    build_runner,
+    load_config,
+    register_scope,
+    setup_distributed,
+    teardown_distributed,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,6 +104,7 @@ def main() -> None:
     metrics = runner.test()
     if is_main_process():
         print('metrics: ' + json.dumps(metrics, default=float), flush=True)
+    teardown_distributed()
 
 
 if __name__ == '__main__':

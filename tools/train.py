@@ -168,6 +168,13 @@ def setup_amp(cfg: Config, amp: str | None) -> None:
     wrapper.type = 'CPUAutocastOptimWrapper'
 
 
+def teardown_distributed() -> None:
+    """Destroy the process group at the end of a multi-process run: left to interpreter exit, its threads can abort
+    the process after the work is done ('terminate called without an active exception', seen with gloo)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def build_runner(cfg: Config) -> Runner:
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
@@ -193,6 +200,7 @@ def main() -> None:
         cfg.load_from = args.resume
 
     build_runner(cfg).train()
+    teardown_distributed()
 
 
 if __name__ == '__main__':
