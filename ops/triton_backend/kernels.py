@@ -218,11 +218,10 @@ def _next_position(p, dp, wrap, L, CROSS: tl.constexpr):
 
 @triton.jit
 def _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn,
-                 s_uc, s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, WITH_C: tl.constexpr, CROSS: tl.constexpr,
-                 T: tl.constexpr):
-    """Steps t0 .. t0 + T - 1 of a row in their stored dtype, as tuples over the steps: u and delta (BC,), B and C
-    (NP,) (C only ``WITH_C``), the route walked once for all four. Steps at or past L are masked off (zeros); a chunk
-    past L loads nothing."""
+                 s_uc, s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, CROSS: tl.constexpr, T: tl.constexpr):
+    """Steps t0 .. t0 + T - 1 of a row in their stored dtype (the backward's), as tuples over the steps: u and delta
+    (BC,), B and C (NP,), the route walked once for all four. Steps at or past L are masked off (zeros); a chunk past
+    L loads nothing."""
     p, dp, wrap = _route_start(k, t0, L, H, W, CROSS)
     us = ()
     ds = ()
@@ -233,8 +232,7 @@ def _chunk_loads(u_base, dl_base, B_base, C_base, k, t0, L, H, W, c, n, mc, mn,
         us = us + (tl.load(u_base + p * s_up + c * s_uc, mask=valid & mc, other=0.0),)
         ds = ds + (tl.load(dl_base + p * s_dp + c * s_dc, mask=valid & mc, other=0.0),)
         bs = bs + (tl.load(B_base + p * s_Bp + n * s_Bn, mask=valid & mn, other=0.0),)
-        if WITH_C:
-            cs = cs + (tl.load(C_base + p * s_Cp + n * s_Cn, mask=valid & mn, other=0.0),)
+        cs = cs + (tl.load(C_base + p * s_Cp + n * s_Cn, mask=valid & mn, other=0.0),)
         p = _next_position(p, dp, wrap, L, CROSS)
     return us, ds, bs, cs
 
@@ -601,7 +599,7 @@ def scan_bwd_kernel(
     acc_dbias = tl.zeros((BC,), tl.float32)
     a_next = a_after
     nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, (end - 1) * T, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                       s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+                       s_dp, s_Bn, s_Bp, s_Cn, s_Cp, CROSS, T)
     nxt_gy = _operand_steps(gy_base, k, (end - 1) * T, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
     for i in range(end - first):
         ci = end - 1 - i
@@ -611,7 +609,7 @@ def scan_bwd_kernel(
         t_prev = tl.where(ci > first, t0 - T, n_chunks * T)  # before the segment: past L, which loads nothing
         if PF:
             nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, CROSS, T)
             nxt_gy = _operand_steps(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
         # the chunk's states, recomputed forward from the state saved at its start
         h = tl.load(row_states + ci * NP * BC + offs)
@@ -660,7 +658,7 @@ def scan_bwd_kernel(
             p = tl.where(valid, _next_position(p, -dp, -wrap, L, CROSS), p)
         if not PF:
             nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, True, CROSS, T)
+                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, CROSS, T)
             nxt_gy = _operand_steps(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
     tl.atomic_add(dA_ptr + ch[None, :] * n_state + n[:, None], acc_dA, mask=mnc, sem='relaxed')
     if HAS_D:
