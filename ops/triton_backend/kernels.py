@@ -303,18 +303,20 @@ _STRIDES_BWD = _STRIDES_FWD[:-3] + ['s_gb', 's_gk', 's_gp', 's_dub', 's_duk', 's
 
 
 @triton.jit
-def _load(ptr, step_ok, mask, TAIL: tl.constexpr, EVEN: tl.constexpr):
+def _load(ptr, step_ok, mask, TAIL: tl.constexpr, EVEN: tl.constexpr, EVICT_FIRST: tl.constexpr = False):
     """A tile of ptr: in the row's last round (TAIL) only where the step is before L; where not EVEN (channels not a
-    multiple of BC or d_state not a power of two) only inside ``mask``; zeros elsewhere."""
+    multiple of BC or d_state not a power of two) only inside ``mask``; zeros elsewhere. EVICT_FIRST: the lines
+    read are the first to leave L2 (data read for the last time)."""
+    policy: tl.constexpr = 'evict_first' if EVICT_FIRST else ''
     if TAIL:
         if EVEN:
-            return tl.load(ptr, mask=step_ok, other=0.0)
+            return tl.load(ptr, mask=step_ok, other=0.0, eviction_policy=policy)
         else:
-            return tl.load(ptr, mask=step_ok & mask, other=0.0)
+            return tl.load(ptr, mask=step_ok & mask, other=0.0, eviction_policy=policy)
     elif EVEN:
-        return tl.load(ptr)
+        return tl.load(ptr, eviction_policy=policy)
     else:
-        return tl.load(ptr, mask=mask, other=0.0)
+        return tl.load(ptr, mask=mask, other=0.0, eviction_policy=policy)
 
 
 @triton.jit
@@ -324,7 +326,8 @@ def _round_loads(u_base, dl_base, B_base, C_base, k, r, L, H, W, c, n, mc, mn, s
     """Round r of a row: chunks r * S + i (i < S) of T steps each, tuples over the steps of u and delta (S, BC),
     B and C (S, NP) (C only ``WITH_C``) in their stored dtype and of the output's position offsets (S,). A whole
     round loads every step (no per-step mask); TAIL (the row's last round, or a first round that may be it) only
-    the steps before L."""
+    the steps before L. With C (the outputs' pass), delta's lines are marked evict-first in L2: read once, they
+    should not push out the float32 output that the four routes add into at different times."""
     t = (r * S + tl.arange(0, S)) * T
     p, dp, wrap = _route_start(k, t, L, H, W, CROSS)
     us = ()
@@ -335,7 +338,7 @@ def _round_loads(u_base, dl_base, B_base, C_base, k, r, L, H, W, c, n, mc, mn, s
     for j in tl.static_range(T):
         ok = (t + j < L)[:, None]
         us = us + (_load(u_base + (p[:, None] * s_up + c[None, :] * s_uc), ok, mc[None, :], TAIL, EVEN),)
-        ds = ds + (_load(dl_base + (p[:, None] * s_dp + c[None, :] * s_dc), ok, mc[None, :], TAIL, EVEN),)
+        ds = ds + (_load(dl_base + (p[:, None] * s_dp + c[None, :] * s_dc), ok, mc[None, :], TAIL, EVEN, WITH_C),)
         bs = bs + (_load(B_base + (p[:, None] * s_Bp + n[None, :] * s_Bn), ok, mn[None, :], TAIL, EVEN),)
         if WITH_C:
             cs = cs + (_load(C_base + (p[:, None] * s_Cp + n[None, :] * s_Cn), ok, mn[None, :], TAIL, EVEN),)
