@@ -352,14 +352,24 @@ def test_shape_errors():
         triton_backend.selective_scan(**{**s, 'B': torch.randn(1, 3, 2, 10)})
 
 
+def test_forward_rounds_widen_only_for_long_rows_that_fill_the_gpu():
+    if triton_backend._INTERPRET:
+        pytest.skip('the interpreter has its own small tiles')
+    assert triton_backend.scan_config(1, 96, 3136, 128 * 4).S == 8  # stage 1 at batch 128: rows fill the GPU
+    assert triton_backend.scan_config(1, 192, 784, 128 * 4).S == 4  # rows shorter than 2048 steps
+    assert triton_backend.scan_config(1, 96, 200 * 304, 2 * 4).S == 4  # batch 2 detection: rows cut into segments
+    with triton_backend.tile_config(S=2):
+        assert triton_backend.scan_config(1, 96, 3136, 128 * 4).S == 2
+
+
 def test_tile_config_override_is_scoped():
-    default = triton_backend.scan_config(1, 96, 3136)
+    default = triton_backend.scan_config(1, 96, 3136, 512)
     with triton_backend.tile_config(T=8, GB=3):
-        assert triton_backend.scan_config(1, 96, 3136).T == 8
+        assert triton_backend.scan_config(1, 96, 3136, 512).T == 8
         with triton_backend.tile_config(GB=5):
-            assert triton_backend.scan_config(1, 96, 3136).GB == 5
-        assert triton_backend.scan_config(1, 96, 3136).GB == 3
-    assert triton_backend.scan_config(1, 96, 3136) == default
+            assert triton_backend.scan_config(1, 96, 3136, 512).GB == 5
+        assert triton_backend.scan_config(1, 96, 3136, 512).GB == 3
+    assert triton_backend.scan_config(1, 96, 3136, 512) == default
 
 
 # ---------------------------------------------------------------------------------------------------------------------

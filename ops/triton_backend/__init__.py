@@ -61,12 +61,14 @@ def tile_config(**fields: int) -> Iterator[None]:
         _override = previous
 
 
-def scan_config(n_state: int, channels: int, length: int) -> TileConfig:
-    """Every thread owns whole channels with all of their states: BC = 32 channels a warp for d_state 1 or 2, fewer
-    (NP x BC of 64 to 128 elements) for larger d_state. Chunks of 8 steps (4 from d_state 8): the backward keeps
-    every step's state and decay of a chunk in registers, and its unrolled code at 16 steps takes Triton 3.6 a
-    minute and a half to compile. The forward runs S chunks of a row at once, one a warp (8 from 2048 steps, where
-    fewer rows in flight keep more of the merged output in L2; 4 below); the backward one chunk."""
+def scan_config(n_state: int, channels: int, length: int, sequences: int) -> TileConfig:
+    """Tiles for ``sequences`` (batch x routes) sequences of ``length`` steps. Every thread owns whole channels with
+    all of their states: BC = 32 channels a warp for d_state 1 or 2, fewer (NP x BC of 64 to 128 elements) for
+    larger d_state. Chunks of 8 steps (4 from d_state 8): the backward keeps every step's state and decay of a chunk
+    in registers, and its unrolled code at 16 steps takes Triton 3.6 a minute and a half to compile. The forward
+    runs S chunks of a row at once, one a warp, the backward one chunk. S = 8 where rows of at least 2048 steps
+    alone fill the GPU: fewer rows in flight then keep more of the merged output in L2. Elsewhere (shorter rows, or
+    rows cut into segments) 4, whose rounds synchronise fewer warps."""
     n_pad = triton.next_power_of_2(n_state)
     if _INTERPRET:
         cfg = TileConfig(T=16, S=2, BC=min(4, triton.next_power_of_2(channels)), WIN=4, GB=1, programs=1, min_seg=1,
@@ -74,9 +76,18 @@ def scan_config(n_state: int, channels: int, length: int) -> TileConfig:
     else:
         bc = min(triton.next_power_of_2(channels), max(2, 64 // n_pad) if n_pad > 2 else 32)
         t = 8 if n_pad < 8 else 4
-        cfg = TileConfig(T=t, S=8 if length >= 2048 else 4, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), GB=1,
-                         programs=2048, min_seg=1, warps_bwd=1, PF_fwd=1, PF_bwd=1)
+        cfg = TileConfig(T=t, S=8, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), GB=1, programs=2048, min_seg=1,
+                         warps_bwd=1, PF_fwd=1, PF_bwd=1)
+        rows = sequences * triton.cdiv(channels, bc)
+        rounds = triton.cdiv(triton.cdiv(length, t), cfg.S)
+        if length < 2048 or _segments(rows, rounds, _forward_warps(cfg, n_pad), cfg)[1] > 1:
+            cfg = dataclasses.replace(cfg, S=4)
     return dataclasses.replace(cfg, **_override)
+
+
+def _forward_warps(cfg: TileConfig, n_pad: int) -> int:
+    """Warps of a forward program: a thread an element of its (S, NP, BC) tile, or two for d_state above 2."""
+    return max(1, cfg.S * n_pad * cfg.BC // (32 if n_pad <= 2 else 64))
 
 
 def _segments(rows: int, n_units: int, warps: int, cfg: TileConfig) -> tuple[int, int]:
@@ -220,7 +231,7 @@ def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool,
     n_pad = triton.next_power_of_2(geo.n_state)
     n_cblk, n_chunks = triton.cdiv(geo.channels, cfg.BC), triton.cdiv(geo.length, cfg.T)
     rows = geo.batch * geo.routes * n_cblk
-    warps = max(1, cfg.S * n_pad * cfg.BC // (32 if n_pad <= 2 else 64))  # a thread an element of (S, NP, BC), or 2
+    warps = _forward_warps(cfg, n_pad)
     seg_rounds, n_seg = _segments(rows, triton.cdiv(n_chunks, cfg.S), warps, cfg)
     dev = A.device
     states = torch.empty(rows, n_chunks + 1 if save_states else 1, n_pad, cfg.BC, device=dev, dtype=torch.float32)
@@ -305,7 +316,7 @@ class SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output):
         geo = _scan_geometry(u, A, B)
-        cfg = scan_config(geo.n_state, geo.channels, geo.length)
+        cfg = scan_config(geo.n_state, geo.channels, geo.length, geo.batch * geo.routes)
         A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
         u, delta = _channels_fastest(u), _channels_fastest(delta)
         y = torch.empty_like(u, dtype=torch.float32 if float32_output else u.dtype)  # u's channel-fastest layout
@@ -401,7 +412,7 @@ def _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, save_states
     :func:`_positions_flat`)."""
     batch, channels, height, width = x.shape
     geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
-    cfg = scan_config(geo.n_state, channels, geo.length)
+    cfg = scan_config(geo.n_state, channels, geo.length, batch * ROUTES)
     A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
     out = torch.zeros(batch, geo.length, channels, device=x.device, dtype=torch.float32).transpose(1, 2)
     ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
