@@ -79,8 +79,7 @@ def scan_config(n_state: int, channels: int, length: int, sequences: int) -> Til
         cfg = TileConfig(T=t, S=8, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), GB=1, programs=2048, min_seg=1,
                          warps_bwd=1, PF_fwd=1, PF_bwd=1)
         rows = sequences * triton.cdiv(channels, bc)
-        rounds = triton.cdiv(triton.cdiv(length, t), cfg.S)
-        if length < 2048 or _segments(rows, rounds, _forward_warps(cfg, n_pad), cfg)[1] > 1:
+        if length < 2048 or _forward_segments(rows, triton.cdiv(length, t), n_pad, cfg)[1] > 1:
             cfg = dataclasses.replace(cfg, S=4)
     return dataclasses.replace(cfg, **_override)
 
@@ -88,6 +87,11 @@ def scan_config(n_state: int, channels: int, length: int, sequences: int) -> Til
 def _forward_warps(cfg: TileConfig, n_pad: int) -> int:
     """Warps of a forward program: a thread an element of its (S, NP, BC) tile, or two for d_state above 2."""
     return max(1, cfg.S * n_pad * cfg.BC // (32 if n_pad <= 2 else 64))
+
+
+def _forward_segments(rows: int, n_chunks: int, n_pad: int, cfg: TileConfig) -> tuple[int, int]:
+    """(rounds per segment, segments per row) of the forward kernel."""
+    return _segments(rows, triton.cdiv(n_chunks, cfg.S), _forward_warps(cfg, n_pad), cfg)
 
 
 def _segments(rows: int, n_units: int, warps: int, cfg: TileConfig) -> tuple[int, int]:
@@ -231,8 +235,7 @@ def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool,
     n_pad = triton.next_power_of_2(geo.n_state)
     n_cblk, n_chunks = triton.cdiv(geo.channels, cfg.BC), triton.cdiv(geo.length, cfg.T)
     rows = geo.batch * geo.routes * n_cblk
-    warps = _forward_warps(cfg, n_pad)
-    seg_rounds, n_seg = _segments(rows, triton.cdiv(n_chunks, cfg.S), warps, cfg)
+    seg_rounds, n_seg = _forward_segments(rows, n_chunks, n_pad, cfg)
     dev = A.device
     states = torch.empty(rows, n_chunks + 1 if save_states else 1, n_pad, cfg.BC, device=dev, dtype=torch.float32)
     status = torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
@@ -245,7 +248,7 @@ def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool,
             CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
             T=cfg.T, S=cfg.S, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, PF=cfg.PF_fwd, SAVE_STATES=save_states,
             EVEN=geo.channels % cfg.BC == 0 and geo.n_state == n_pad,
-            SHARED_POS=u[1][3] == delta[1][3] == y[1][3] and B[1][3] == C[1][3], num_warps=warps)
+            SHARED_POS=u[1][3] == delta[1][3] == y[1][3] and B[1][3] == C[1][3], num_warps=_forward_warps(cfg, n_pad))
     return states
 
 
