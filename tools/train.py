@@ -169,9 +169,11 @@ def setup_amp(cfg: Config, amp: str | None) -> None:
 
 
 def teardown_distributed() -> None:
-    """Destroy the process group at the end of a multi-process run: left to interpreter exit, its threads can abort
-    the process after the work is done ('terminate called without an active exception', seen with gloo)."""
+    """Destroy the process group at the end of a multi-process run, once every rank has reached this point: left to
+    interpreter exit, or closed by one rank while another still finishes (rank 0 evaluating, printing), its threads
+    can abort the process after the work is done ('terminate called without an active exception', seen with gloo)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
