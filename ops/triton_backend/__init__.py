@@ -239,7 +239,13 @@ def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool,
     dev = A.device
     states = torch.empty(rows, n_chunks + 1 if save_states else 1, n_pad, cfg.BC, device=dev, dtype=torch.float32)
     status = torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
-    flags = torch.zeros(rows * n_seg + 1, device=dev, dtype=torch.int32)
+    # Merged output (the routes add into y): whole rows zero their group's slice in the kernel, just before adding
+    # into it; rows cut into segments take a memset (zeroing a slice would hold up the row's other segments).
+    zero_y = geo.cross and n_seg == 1
+    if geo.cross and not zero_y:
+        y[0].zero_()
+    # the rows' look-back flags, the ticket counter and (zero_y) a flag per (batch, channel block) group
+    flags = torch.zeros(rows * n_seg + 1 + (geo.batch * n_cblk if zero_y else 0), device=dev, dtype=torch.int32)
     with _guard(A):
         kernels.scan_fwd_kernel[(rows * n_seg,)](
             u[0], delta[0], A, B[0], C[0], A if D is None else D, A if delta_bias is None else delta_bias, y[0],
@@ -248,7 +254,8 @@ def _launch_forward(geo: _Geometry, ops: dict, A, D, delta_bias, softplus: bool,
             CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
             T=cfg.T, S=cfg.S, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, PF=cfg.PF_fwd, SAVE_STATES=save_states,
             EVEN=geo.channels % cfg.BC == 0 and geo.n_state == n_pad,
-            SHARED_POS=u[1][3] == delta[1][3] == y[1][3] and B[1][3] == C[1][3], num_warps=_forward_warps(cfg, n_pad))
+            SHARED_POS=u[1][3] == delta[1][3] == y[1][3] and B[1][3] == C[1][3], ZERO_Y=zero_y,
+            num_warps=_forward_warps(cfg, n_pad))
     return states
 
 
@@ -417,7 +424,7 @@ def _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, save_states
     geo = _Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
     cfg = scan_config(geo.n_state, channels, geo.length, batch * ROUTES)
     A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
-    out = torch.zeros(batch, geo.length, channels, device=x.device, dtype=torch.float32).transpose(1, 2)
+    out = torch.empty(batch, geo.length, channels, device=x.device, dtype=torch.float32).transpose(1, 2)
     ops = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
                y=_merged_operand(out))
     states = _launch_forward(geo, ops, A, D, delta_bias, delta_softplus, cfg, save_states)

@@ -21,6 +21,10 @@ segments per round trip, until it meets an inclusive state, publishes its own in
 outputs. Programs take their work from an atomic ticket, so a program only ever waits on programs that have already
 started: no deadlock whatever order the hardware schedules them in.
 
+Where the four routes add into a merged output, a (batch, channel block) group's first program (route 0) zeroes the
+group's slice of it and raises a flag that the group's other programs wait for before adding: the zeros are written
+into L2 just before they are needed (rows cut into segments take a memset instead).
+
 The backward runs the same machinery over reversed time for the adjoint state g_t = C_t gy_t + a_{t+1} g_{t+1},
 recomputes h inside each chunk from the state the forward saved at the chunk's start, and forms every gradient from
 (h, g) in registers.
@@ -430,6 +434,27 @@ def _round_outputs(h_in, decays, inputs, u32, cs, ys, r, L, D, y_base, c, mc, s_
                 tl.store(ptr, y.to(ptr.dtype.element_ty), mask=mc[None, :])
 
 
+@triton.jit
+def _zero_group_output(y_base, group_flag, L, c, mc, s_yc, s_yp, P: tl.constexpr):
+    """Zero a (batch, channel block) group's slice of the merged output, then raise its flag (release: the zeros are
+    visible first). The group's first program does this just before the group's routes add into the slice, so the
+    zeroed lines are written into L2 when they are needed, instead of by a memset of the whole output beforehand."""
+    pos = tl.arange(0, P)
+    for p0 in range(0, L, P):
+        p = p0 + pos
+        tl.store(y_base + (p[:, None] * s_yp + c[None, :] * s_yc), tl.zeros((P, c.shape[0]), tl.float32),
+                 mask=(p < L)[:, None] & mc[None, :])
+    tl.debug_barrier()
+    tl.atomic_xchg(group_flag, 1, sem='release')
+
+
+@triton.jit
+def _wait_group_output(group_flag):
+    """Wait until the group's output slice is zeroed (by a program with an earlier ticket: no deadlock)."""
+    while tl.atomic_add(group_flag, 0, sem='acquire') == 0:
+        pass
+
+
 @triton.jit(do_not_specialize=_SIZES + ['seg_rounds'] + _STRIDES_FWD)
 def scan_fwd_kernel(
         u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, states_ptr, status_ptr, flag_ptr,
@@ -438,7 +463,7 @@ def scan_fwd_kernel(
         s_yb, s_yk, s_yc, s_yp,
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         T: tl.constexpr, S: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, PF: tl.constexpr,
-        SAVE_STATES: tl.constexpr, EVEN: tl.constexpr, SHARED_POS: tl.constexpr):
+        SAVE_STATES: tl.constexpr, EVEN: tl.constexpr, SHARED_POS: tl.constexpr, ZERO_Y: tl.constexpr):
     """Forward over one segment (seg_rounds rounds) of one row, the state carried between rounds.
 
     A round is S consecutive chunks of T steps, one per warp: each chunk first runs on its own (its steps' decays
@@ -469,6 +494,12 @@ def scan_fwd_kernel(
     C_base = C_ptr + b64 * s_Cb + k64 * s_Ck
     y_base = y_ptr + b64 * s_yb + k64 * s_yk
     full_end = tl.minimum(end, L // (S * T))  # rounds [first, full_end) are whole; one at full_end is the last
+    if ZERO_Y:
+        # one flag per (batch, channel block) group after the rows' flags and the ticket counter
+        group_flag = flag_ptr + tl.num_programs(0) + 1 + b64 * n_cblk + row % n_cblk
+        zeroes = k == 0
+        if zeroes:
+            _zero_group_output(y_base, group_flag, L, c, mc, s_yc, s_yp, S * T)
 
     h = tl.zeros((NP, BC), tl.float32)
     if n_seg > 1:
@@ -504,6 +535,9 @@ def scan_fwd_kernel(
     chunk_offs = tl.arange(0, S)[:, None, None] * NP * BC + offs[None, :, :]
     nxt = _round_loads(u_base, dl_base, B_base, C_base, k, first, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp,
                        s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, True, EVEN, CROSS, S, T)
+    if ZERO_Y:
+        if not zeroes:
+            _wait_group_output(group_flag)
     for r in range(first, full_end):
         us, ds, bs, cs, ys = nxt
         r_next = tl.minimum(r + 1, full_end - 1)
