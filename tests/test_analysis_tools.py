@@ -249,3 +249,49 @@ def test_benchmark_ops_rejects_an_unknown_implementation():
                            'triton fusd'], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "unknown implementation(s) ['triton fusd']" in done.stderr
     assert "'triton fused'" in done.stderr
+
+
+@pytest.fixture
+def benchmark_ops():
+    pytest.importorskip('triton')
+    import benchmark_ops
+    return benchmark_ops
+
+
+def test_benchmark_ops_baseline_is_another_checkouts_backend(benchmark_ops):
+    baseline = benchmark_ops.load_baseline(ROOT)  # this checkout, imported a second time beside itself
+    impls = benchmark_ops.implementations(baseline)
+    assert impls['baseline fused'] is baseline.cross_selective_scan
+    assert impls['baseline fused'] is not impls['triton fused']
+    assert baseline.__name__ == 'baseline_ops.triton_backend'
+    torch.manual_seed(0)
+    x = dict(x=torch.randn(1, 2, 3, 4, dtype=torch.float64), delta=torch.randn(1, 4, 2, 3, 4, dtype=torch.float64),
+             A=-torch.rand(8, 1, dtype=torch.float64), B=torch.randn(1, 4, 1, 3, 4, dtype=torch.float64),
+             C=torch.randn(1, 4, 1, 3, 4, dtype=torch.float64))
+    assert torch.equal(impls['baseline fused'](**x), impls['triton fused'](**x))  # float64: both on the reference
+
+
+def test_benchmark_ops_takes_turns_and_reports_medians(benchmark_ops, monkeypatch):
+    timings = iter([5.0, 50.0, 1.0, 10.0, 3.0, 30.0, 2.0, 20.0, 4.0, 40.0, 9.0, 90.0])
+    monkeypatch.setattr(benchmark_ops, 'bench', lambda fn: next(timings))
+    order = []
+
+    def impl(name):
+        def fn():
+            order.append(name)
+            return torch.zeros(1)
+        return fn
+
+    inputs = benchmark_ops.Inputs(plain={}, leaves={}, grad_out=torch.zeros(1))
+    times = benchmark_ops.time_in_turns({'a': impl('a'), 'b': impl('b')}, inputs, rounds=3)
+    assert order == ['a', 'b'] * 3
+    assert times == {'a': (4.0, 40.0), 'b': (2.0, 20.0)}  # a: 5, 3, 4 and 50, 30, 40; b: 1, 2, 9 and 10, 20, 90
+
+
+@pytest.mark.parametrize('args,message', [(['--baseline', 'no-such-checkout'], 'has no ops/triton_backend package'),
+                                          (['--rounds', '0'], '--rounds must be at least 1')])
+def test_benchmark_ops_rejects_bad_options(args, message):
+    pytest.importorskip('triton')
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'analysis', 'benchmark_ops.py'), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and message in done.stderr

@@ -11,17 +11,25 @@ fused operator must move, each input read once and each output written once (for
 adds the output gradient read and the gradients of x, delta, B, C written), over the time; the same byte count for
 every implementation. Device copy bandwidth: a 1 GiB device-to-device copy, bytes read plus written.
 
+Every implementation of a shape runs on the same inputs; with ``--rounds R`` they take turns R times and the table
+shows each one's median, which is how two kernels should be compared: the small shapes' timings move by up to 2x
+between runs and machines, much less between neighbouring calls.
+
     python tools/analysis/benchmark_ops.py                       # the table
     python tools/analysis/benchmark_ops.py --sweep               # Triton tile configurations of the fused kernel
+    python tools/analysis/benchmark_ops.py --only 'triton fused' --baseline ../other-checkout --rounds 3
+                                                                 # this fused kernel against another checkout's
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib
-import itertools
+import importlib.util
 import pathlib
+import statistics
 import sys
+import types
 
 import torch
 
@@ -76,7 +84,7 @@ class Case:
         forward = elems * s + 4 * elems * s + 2 * states * s + elems * 4
         return forward + (elems * 4 + elems * s + 4 * elems * s + 2 * states * s if backward else 0)
 
-    def inputs(self, requires_grad: bool) -> dict:
+    def inputs(self) -> dict:
         b, h, w, c, n = self.batch, self.height, self.width, self.channels, self.n_state
         rank = -(-c // 16)
         dev = 'cuda'
@@ -85,13 +93,11 @@ class Case:
         dt_w = (torch.rand(4, c, rank, device=dev) * 2 - 1).mul_(rank ** -0.5).to(self.dtype)
         dt = torch.exp(torch.rand(4 * c, device=dev) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
                        + torch.log(torch.tensor(1e-3)))
-        x = dict(x=torch.randn(b, h, w, c, device=dev).to(self.dtype).permute(0, 3, 1, 2),
-                 delta=torch.einsum('bhwkr,kdr->bkdhw', dt_low, dt_w), A=-torch.exp(torch.rand(4 * c, n, device=dev)),
-                 B=bs.permute(0, 3, 4, 1, 2), C=cs.permute(0, 3, 4, 1, 2), D=torch.ones(4 * c, device=dev),
-                 delta_bias=dt + torch.log(-torch.expm1(-dt)))
-        if requires_grad:
-            x = {k: v.detach().requires_grad_() for k, v in x.items()}
-        return x
+        return dict(x=torch.randn(b, h, w, c, device=dev).to(self.dtype).permute(0, 3, 1, 2),
+                    delta=torch.einsum('bhwkr,kdr->bkdhw', dt_low, dt_w),
+                    A=-torch.exp(torch.rand(4 * c, n, device=dev)), B=bs.permute(0, 3, 4, 1, 2),
+                    C=cs.permute(0, 3, 4, 1, 2), D=torch.ones(4 * c, device=dev),
+                    delta_bias=dt + torch.log(-torch.expm1(-dt)))
 
 
 def unfused(scan_fn, cross_scan, cross_merge):
@@ -103,13 +109,30 @@ def unfused(scan_fn, cross_scan, cross_merge):
     return run
 
 
-def implementations() -> dict:
+def load_baseline(checkout: str) -> types.ModuleType:
+    """The Triton backend of another checkout of this repository (its ``ops/`` imported as package
+    ``baseline_ops``, beside this checkout's)."""
+    package = pathlib.Path(checkout).resolve() / 'ops'
+    if not (package / 'triton_backend' / '__init__.py').is_file():
+        raise ValueError(f'{checkout} has no ops/triton_backend package: give the root of another checkout of this '
+                         'repository')
+    spec = importlib.util.spec_from_file_location('baseline_ops', package / '__init__.py',
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['baseline_ops'] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module('baseline_ops.triton_backend')
+
+
+def implementations(baseline: types.ModuleType | None = None) -> dict:
     tb = triton_backend
     impls = {'reference': reference.cross_selective_scan,
              'triton unfused': unfused(tb.selective_scan, tb.cross_scan, tb.cross_merge),
              'triton fused': tb.cross_selective_scan}
     if mamba_ssm_backend is not None:
         impls['mamba_ssm unfused'] = unfused(mamba_ssm_backend.selective_scan, tb.cross_scan, tb.cross_merge)
+    if baseline is not None:
+        impls['baseline fused'] = baseline.cross_selective_scan
     return impls
 
 
@@ -117,17 +140,40 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode='median')
 
 
-def time_case(fn, case: Case) -> tuple[float, float]:
+@dataclasses.dataclass
+class Inputs:
+    """One shape's inputs, shared by the implementations: without and with autograd, and the output gradient."""
+    plain: dict
+    leaves: dict
+    grad_out: torch.Tensor
+
+    @classmethod
+    def make(cls, case: Case) -> Inputs:
+        plain = case.inputs()
+        leaves = {k: v.detach().requires_grad_() for k, v in plain.items()}
+        grad_out = torch.randn(case.batch, case.channels, case.length, device=plain['x'].device)
+        return cls(plain, leaves, grad_out)
+
+
+def time_case(fn, inputs: Inputs) -> tuple[float, float]:
     """Median milliseconds of the forward (no autograd) and of forward + backward."""
-    x = case.inputs(requires_grad=False)
     with torch.no_grad():
-        fwd = bench(lambda: fn(**x))
-    xg = case.inputs(requires_grad=True)
-    leaves = list(xg.values())
-    with torch.no_grad():
-        gy = torch.randn_like(fn(**xg))
-    fwd_bwd = bench(lambda: torch.autograd.grad(fn(**xg), leaves, gy))
+        grad_out = inputs.grad_out.to(fn(**inputs.plain).dtype)
+        fwd = bench(lambda: fn(**inputs.plain))
+    leaves = list(inputs.leaves.values())
+    fwd_bwd = bench(lambda: torch.autograd.grad(fn(**inputs.leaves), leaves, grad_out))
     return fwd, fwd_bwd
+
+
+def time_in_turns(fns: dict, inputs: Inputs, rounds: int) -> dict[str, tuple[float, float]]:
+    """Each function timed ``rounds`` times, the functions taking turns; the median forward and forward + backward
+    of each."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(time_case(fn, inputs))
+    return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+            for name, ts in times.items()}
 
 
 def copy_bandwidth() -> float:
@@ -180,8 +226,20 @@ def main() -> None:
     parser.add_argument('--sweep', action='store_true',
                         help='time the fused Triton kernel over tile configurations (see SWEEP) at three of the '
                              'shapes')
+    parser.add_argument('--baseline', metavar='CHECKOUT',
+                        help="root of another checkout of this repository: its fused kernel is timed too, as "
+                             "'baseline fused', on the same inputs")
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='time the implementations of a shape this many times, taking turns, and report each '
+                             "one's median (default 1)")
     args = parser.parse_args()
-    impls = implementations()
+    if args.rounds < 1:
+        parser.error(f'--rounds must be at least 1, got {args.rounds}')
+    try:
+        baseline = load_baseline(args.baseline) if args.baseline else None
+    except ValueError as err:
+        parser.error(f'--baseline: {err}')
+    impls = implementations(baseline)
     unknown = set(args.only or ()) - set(impls)
     if unknown:
         parser.error(f'--only: unknown implementation(s) {sorted(unknown)}; available: {sorted(impls)}')
@@ -193,19 +251,19 @@ def main() -> None:
     copy_bw = copy_bandwidth()
     rows = []
     if args.sweep:
-        for case, cfg in itertools.product(cases, SWEEP):
-            with triton_backend.tile_config(**cfg):
-                name = ' '.join(f'{k}={v}' for k, v in cfg.items()) or 'default'
-                rows.append(row(case.label(), name, case, time_case(triton_backend.cross_selective_scan, case),
-                                copy_bw))
+        for case in cases:
+            inputs = Inputs.make(case)
+            for cfg in SWEEP:
+                with triton_backend.tile_config(**cfg):
+                    name = ' '.join(f'{k}={v}' for k, v in cfg.items()) or 'default'
+                    rows.append(row(case.label(), name, case, time_case(triton_backend.cross_selective_scan, inputs),
+                                    copy_bw))
     else:
         for case in cases:
-            for name, fn in impls.items():
-                if args.only and name not in args.only:
-                    continue
-                if name == 'reference' and case.batch * case.channels * case.length > args.reference_max_elements:
-                    continue
-                rows.append(row(case.label(), name, case, time_case(fn, case), copy_bw))
+            fns = {name: fn for name, fn in impls.items() if (not args.only or name in args.only) and not (
+                name == 'reference' and case.batch * case.channels * case.length > args.reference_max_elements)}
+            for name, times in time_in_turns(fns, Inputs.make(case), args.rounds).items():
+                rows.append(row(case.label(), name, case, times, copy_bw))
     print_table(header(copy_bw, args), rows)
 
 
