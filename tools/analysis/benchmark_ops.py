@@ -235,6 +235,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f'--rounds must be at least 1, got {args.rounds}')
+    if args.sweep and (args.baseline or args.rounds > 1):
+        parser.error('--sweep times this checkout\'s fused kernel once per tile configuration: drop --baseline and '
+                     '--rounds, or run them without --sweep')
     try:
         baseline = load_baseline(args.baseline) if args.baseline else None
     except ValueError as err:
