@@ -31,6 +31,17 @@ def test_collects_only_gpu_tests_and_runs_them(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['job0.log', 'job1.log']
 
 
+def test_timed_out_process_lists_the_tests_it_did_not_finish():
+    group = ['tests/a.py::test_x[1-2]', 'tests/a.py::test_x[3-4]', 'tests/a.py::test_y']
+    log = ('tests/a.py::test_x[1-2] PASSED                                     [ 33%]\n'
+           'tests/a.py::test_y FAILED                                          [ 66%]\n')
+    assert run_gpu_tests.unfinished(group, log) == ['tests/a.py::test_x[3-4]']
+    line = run_gpu_tests.summary('job3.log', group, None, log)
+    assert line.startswith('job3.log: 3 tests, timed out: tests/a.py::test_y FAILED')
+    assert line.endswith('\n  not finished: tests/a.py::test_x[3-4]')
+    assert run_gpu_tests.summary('job0.log', group, 0, '') == 'job0.log: 3 tests, exit 0: (no output)'
+
+
 @pytest.mark.parametrize('args,message', [(['--jobs', '0'], '--jobs must be at least 1'),
                                           (['-k', 'no_such_test_anywhere'], 'no GPU tests collected')])
 def test_bad_or_empty_selection(args, message):

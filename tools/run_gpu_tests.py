@@ -7,14 +7,16 @@ cache is shared). Tests are dealt round robin, so neighbouring parametrisations 
     python tools/run_gpu_tests.py                          # every GPU test under tests/
     python tools/run_gpu_tests.py --jobs 8 -k cross tests/test_ops_triton.py
 
-Each process writes its log to ``--log-dir``; the summary lists every process's last line. Exit status: 0 when every
-process passed (tests skipped without CUDA count as passed, as in pytest), 1 if any failed or ran out of time, 5 if
-nothing was collected.
+Each process writes its log to ``--log-dir`` (pytest -v: a line per finished test); the summary lists every
+process's last line, and for a process that ran out of time the tests it did not finish, to run again on their own.
+Exit status: 0 when every process passed (tests skipped without CUDA count as passed, as in pytest), 1 if any failed
+or ran out of time, 5 if nothing was collected.
 """
 from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +41,21 @@ def deal(ids: list[str], jobs: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
+def unfinished(group: list[str], log_text: str) -> list[str]:
+    """The tests of ``group`` without an outcome in their process's pytest -v log."""
+    return [t for t in group if not re.search(re.escape(t) + r' (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)', log_text)]
+
+
+def summary(log_name: str, group: list[str], code: int | None, log_text: str) -> str:
+    """One process's line: its log, test count, exit status (None: timed out) and last log line."""
+    lines = log_text.strip().splitlines()
+    line = f'{log_name}: {len(group)} tests, {"timed out" if code is None else f"exit {code}"}: ' + (
+        lines[-1] if lines else '(no output)')
+    if code is None:
+        line += '\n  not finished: ' + ' '.join(unfinished(group, log_text))
+    return line
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('paths', nargs='*', default=['tests'], help='test files or directories (default: tests)')
@@ -59,21 +76,18 @@ def main() -> int:
     procs = []
     for i, group in enumerate(deal(ids, args.jobs)):
         log = log_dir / f'job{i}.log'
-        cmd = [sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-rfEs', '-p', 'no:cacheprovider', *group]
+        cmd = [sys.executable, '-m', 'pytest', '-m', 'gpu', '-v', '-rfEs', '-p', 'no:cacheprovider', *group]
         with log.open('w') as out:
-            procs.append((log, len(group), subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)))
+            procs.append((log, group, subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)))
     failed = False
-    for log, n_tests, proc in procs:
+    for log, group, proc in procs:
         try:
             code = proc.wait(timeout=max(1.0, args.timeout - (time.monotonic() - start)))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
             code = None
-        lines = log.read_text().strip().splitlines()
-        last = lines[-1] if lines else '(no output)'
-        status = 'timed out' if code is None else f'exit {code}'
-        print(f'{log.name}: {n_tests} tests, {status}: {last}')
+        print(summary(log.name, group, code, log.read_text()))
         failed |= code != 0
     print(f'{len(ids)} GPU tests in {len(procs)} processes, {time.monotonic() - start:.0f} s; logs in {log_dir}')
     return 1 if failed else 0
