@@ -265,6 +265,17 @@ def test_benchmark_ops_baseline_is_another_checkouts_backend(benchmark_ops):
     assert torch.equal(impls['baseline fused'](**x), impls['triton fused'](**x))  # float64: both on the reference
 
 
+def test_benchmark_ops_times_the_baseline_beside_the_chosen_implementations(benchmark_ops):
+    impls = dict.fromkeys(['reference', 'triton unfused', 'triton fused', 'baseline fused'])
+    small, large = (benchmark_ops.Case(b, 4, 4, 8, 1, torch.float32) for b in (1, 1000))
+    assert list(benchmark_ops.chosen(impls, ['triton fused'], small, 1e4)) == ['triton fused', 'baseline fused']
+    assert list(benchmark_ops.chosen(impls, None, small, 1e4)) == list(impls)
+    assert list(benchmark_ops.chosen(impls, None, large, 1e4)) == ['triton unfused', 'triton fused', 'baseline fused']
+    assert list(benchmark_ops.chosen(impls, ['reference'], large, 1e4)) == ['baseline fused']
+    del impls['baseline fused']
+    assert list(benchmark_ops.chosen(impls, ['triton fused'], small, 1e4)) == ['triton fused']
+
+
 def test_benchmark_ops_takes_turns_and_reports_medians(benchmark_ops, monkeypatch):
     timings = iter([5.0, 50.0, 1.0, 10.0, 3.0, 30.0, 2.0, 20.0, 4.0, 40.0, 9.0, 90.0])
     monkeypatch.setattr(benchmark_ops, 'bench', lambda fn: next(timings))

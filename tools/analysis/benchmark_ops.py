@@ -136,6 +136,14 @@ def implementations(baseline: types.ModuleType | None = None) -> dict:
     return impls
 
 
+def chosen(impls: dict, only: list[str] | None, case: Case, reference_max_elements: float) -> dict:
+    """The implementations timed at ``case``: those named by ``--only`` (all without it) and the baseline when there
+    is one, less the reference where batch x C x H x W exceeds ``reference_max_elements``."""
+    names = set(only or impls) | ({'baseline fused'} & set(impls))
+    too_big = case.batch * case.channels * case.length > reference_max_elements
+    return {name: fn for name, fn in impls.items() if name in names and not (name == 'reference' and too_big)}
+
+
 def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode='median')
 
@@ -227,8 +235,8 @@ def main() -> None:
                         help='time the fused Triton kernel over tile configurations (see SWEEP) at three of the '
                              'shapes')
     parser.add_argument('--baseline', metavar='CHECKOUT',
-                        help="root of another checkout of this repository: its fused kernel is timed too, as "
-                             "'baseline fused', on the same inputs")
+                        help="root of another checkout of this repository: its fused kernel is timed too (whatever "
+                             "--only says), as 'baseline fused', on the same inputs")
     parser.add_argument('--rounds', type=int, default=1,
                         help='time the implementations of a shape this many times, taking turns, and report each '
                              "one's median (default 1)")
@@ -263,8 +271,7 @@ def main() -> None:
                                     copy_bw))
     else:
         for case in cases:
-            fns = {name: fn for name, fn in impls.items() if (not args.only or name in args.only) and not (
-                name == 'reference' and case.batch * case.channels * case.length > args.reference_max_elements)}
+            fns = chosen(impls, args.only, case, args.reference_max_elements)
             for name, times in time_in_turns(fns, Inputs.make(case), args.rounds).items():
                 rows.append(row(case.label(), name, case, times, copy_bw))
     print_table(header(copy_bw, args), rows)
