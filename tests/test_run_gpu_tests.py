@@ -1,4 +1,5 @@
-"""tools/run_gpu_tests.py: GPU tests spread over parallel pytest processes (run here on CPU, where they skip)."""
+"""tools/run_gpu_tests.py: GPU tests, each in its own pytest process, from a queue (run here on CPU, where they
+skip)."""
 import os
 import subprocess
 import sys
@@ -13,12 +14,25 @@ import run_gpu_tests  # noqa: E402
 TOOL = os.path.join(ROOT, 'tools', 'run_gpu_tests.py')
 
 
-def test_tests_are_dealt_round_robin_without_empty_groups():
-    assert run_gpu_tests.deal(list('abcde'), 2) == [['a', 'c', 'e'], ['b', 'd']]
-    assert run_gpu_tests.deal(['a'], 8) == [['a']]
+def test_outcome_of_a_finished_test_process():
+    assert run_gpu_tests.outcome(0, 'tests/a.py .\n1 passed in 0.5s\n') == 'passed'
+    assert run_gpu_tests.outcome(0, 'SKIPPED [1] tests/a.py:3: CUDA needed\n1 skipped in 0.5s\n') == 'skipped'
+    assert run_gpu_tests.outcome(1, 'FAILED tests/a.py::test_x\n1 failed in 0.5s\n') == 'failed (exit 1)'
+    assert run_gpu_tests.outcome(5, '') == 'failed (exit 5)'
 
 
-def test_collects_only_gpu_tests_and_runs_them(tmp_path):
+def test_queue_runs_tests_in_order_until_the_timeout(tmp_path):
+    """One process at a time: a passing test, a failing one, one that outlives the timeout (killed) and one that
+    the timeout leaves unstarted."""
+    scripts = {'pass': 'print("1 passed in 0.01s")', 'fail': 'import sys; print("1 failed"); sys.exit(1)',
+               'slow': 'import time; time.sleep(60)', 'later': 'print("1 passed in 0.01s")'}
+    results = run_gpu_tests.run_queue(list(scripts), 1, 8.0, tmp_path,
+                                      command=lambda test: [sys.executable, '-c', scripts[test]])
+    assert results == {'pass': 'passed', 'fail': 'failed (exit 1)', 'slow': 'timed out', 'later': 'not run'}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['000_pass.log', '001_fail.log', '002_slow.log']
+
+
+def test_collects_only_gpu_tests_and_runs_each_in_its_own_process(tmp_path):
     ids = run_gpu_tests.collect(['tests/test_ops_triton.py'], 'test_look_back_gpu or test_dispatch_picks_triton')
     assert ids == ['tests/test_ops_triton.py::test_look_back_gpu',
                    'tests/test_ops_triton.py::test_dispatch_picks_triton_on_cuda']
@@ -26,20 +40,10 @@ def test_collects_only_gpu_tests_and_runs_them(tmp_path):
                            'test_look_back_gpu or test_dispatch_picks_triton', 'tests/test_ops_triton.py'],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert '2 GPU tests in 2 processes' in done.stdout
-    assert done.stdout.count('1 tests, exit 0: ') == 2  # each process: one test, skipped without CUDA
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['job0.log', 'job1.log']
-
-
-def test_timed_out_process_lists_the_tests_it_did_not_finish():
-    group = ['tests/a.py::test_x[1-2]', 'tests/a.py::test_x[3-4]', 'tests/a.py::test_y']
-    log = ('tests/a.py::test_x[1-2] PASSED                                     [ 33%]\n'
-           'tests/a.py::test_y FAILED                                          [ 66%]\n')
-    assert run_gpu_tests.unfinished(group, log) == ['tests/a.py::test_x[3-4]']
-    line = run_gpu_tests.summary('job3.log', group, None, log)
-    assert line.startswith('job3.log: 3 tests, timed out: tests/a.py::test_y FAILED')
-    assert line.endswith('\n  not finished: tests/a.py::test_x[3-4]')
-    assert run_gpu_tests.summary('job0.log', group, 0, '') == 'job0.log: 3 tests, exit 0: (no output)'
+    assert 'skipped   tests/test_ops_triton.py::test_look_back_gpu\n' in done.stdout  # no CUDA here
+    assert '2 GPU tests, 2 at a time, ' in done.stdout and ': 2 skipped; logs in ' in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['000_test_ops_triton.py_test_look_back_gpu.log',
+                                                         '001_test_ops_triton.py_test_dispatch_picks_triton_on_cuda.log']
 
 
 @pytest.mark.parametrize('args,message', [(['--jobs', '0'], '--jobs must be at least 1'),

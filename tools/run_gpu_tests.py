@@ -1,27 +1,31 @@
-"""Run the GPU-marked tests in several pytest processes at once.
+"""Run the GPU-marked tests, each in its own pytest process, several at once.
 
 The first use of each Triton kernel variant compiles it (minutes for the backward at large d_state), and one pytest
-process compiles one variant at a time; spreading the tests over processes compiles them in parallel (Triton's disk
-cache is shared). Tests are dealt round robin, so neighbouring parametrisations land in different processes.
+process compiles one variant at a time; running the tests in parallel processes compiles them in parallel (Triton's
+disk cache is shared). Each test gets its own process, started from a queue as others finish, so a test that
+compiles for minutes holds up no other test.
 
     python tools/run_gpu_tests.py                          # every GPU test under tests/
     python tools/run_gpu_tests.py --jobs 8 -k cross tests/test_ops_triton.py
 
-Each process writes its log to ``--log-dir`` (pytest -v: a line per finished test); the summary lists every
-process's last line, and for a process that ran out of time the tests it did not finish, to run again on their own.
-Exit status: 0 when every process passed (tests skipped without CUDA count as passed, as in pytest), 1 if any failed
-or ran out of time, 5 if nothing was collected.
+Each test's pytest output goes to its own log in ``--log-dir``. The summary gives every test's outcome: passed,
+skipped, failed, timed out (``--timeout`` ran out while it ran) or not run (it ran out before the test started), then
+the counts. Exit status: 0 when every test passed or was skipped (as in pytest, GPU tests skip without CUDA), 1 if
+any failed, timed out or did not run, 5 if nothing was collected.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import pathlib
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+OK = ('passed', 'skipped')
 
 
 def collect(paths: list[str], keyword: str | None) -> list[str]:
@@ -35,25 +39,45 @@ def collect(paths: list[str], keyword: str | None) -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if '::' in line]
 
 
-def deal(ids: list[str], jobs: int) -> list[list[str]]:
-    """Round robin over at most ``jobs`` groups (no empty group)."""
-    groups = [ids[i::jobs] for i in range(min(jobs, len(ids)))]
-    return [g for g in groups if g]
+def pytest_command(test: str) -> list[str]:
+    return [sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-rfEs', '-p', 'no:cacheprovider', test]
 
 
-def unfinished(group: list[str], log_text: str) -> list[str]:
-    """The tests of ``group`` without an outcome in their process's pytest -v log."""
-    return [t for t in group if not re.search(re.escape(t) + r' (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)', log_text)]
-
-
-def summary(log_name: str, group: list[str], code: int | None, log_text: str) -> str:
-    """One process's line: its log, test count, exit status (None: timed out) and last log line."""
+def outcome(code: int, log_text: str) -> str:
+    """A finished single-test pytest process's outcome, from its exit status and the summary line of its log."""
     lines = log_text.strip().splitlines()
-    line = f'{log_name}: {len(group)} tests, {"timed out" if code is None else f"exit {code}"}: ' + (
-        lines[-1] if lines else '(no output)')
-    if code is None:
-        line += '\n  not finished: ' + ' '.join(unfinished(group, log_text))
-    return line
+    last = lines[-1] if lines else ''
+    if code != 0:
+        return f'failed (exit {code})'
+    return 'skipped' if re.search(r'\bskipped\b', last) and not re.search(r'\bpassed\b', last) else 'passed'
+
+
+def run_queue(tests: list[str], jobs: int, timeout: float, log_dir: pathlib.Path,
+              command: Callable[[str], list[str]] = pytest_command) -> dict[str, str]:
+    """Run ``command(test)`` for every test, at most ``jobs`` at once, in queue order, until ``timeout`` seconds
+    have passed; each process's output goes to its own log. Returns every test's outcome."""
+    deadline = time.monotonic() + timeout
+    pending = collections.deque(enumerate(tests))
+    running: dict[subprocess.Popen, tuple[str, pathlib.Path]] = {}
+    results: dict[str, str] = {}
+    while pending or running:
+        while pending and len(running) < jobs and time.monotonic() < deadline:
+            index, test = pending.popleft()
+            log = log_dir / f'{index:03d}_{re.sub(r"[^A-Za-z0-9_.-]+", "_", test.split("/")[-1])[:120]}.log'
+            with log.open('w') as out:
+                running[subprocess.Popen(command(test), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)] = (test, log)
+        for proc in [p for p in running if p.poll() is not None]:
+            test, log = running.pop(proc)
+            results[test] = outcome(proc.returncode, log.read_text())
+        if time.monotonic() >= deadline:
+            for proc, (test, _) in running.items():
+                proc.kill()
+                proc.wait()
+                results[test] = 'timed out'
+            results.update((test, 'not run') for _, test in pending)
+            break
+        time.sleep(0.2)
+    return {test: results[test] for test in tests}
 
 
 def main() -> int:
@@ -61,36 +85,25 @@ def main() -> int:
     parser.add_argument('paths', nargs='*', default=['tests'], help='test files or directories (default: tests)')
     parser.add_argument('-k', dest='keyword', help='pytest -k expression applied when collecting')
     parser.add_argument('--jobs', type=int, default=8, help='pytest processes at once (default 8)')
-    parser.add_argument('--timeout', type=float, default=1800, help='seconds each process may run (default 1800)')
-    parser.add_argument('--log-dir', default='work_dirs/gpu_tests', help='one log per process')
+    parser.add_argument('--timeout', type=float, default=1800, help='seconds for the whole run (default 1800)')
+    parser.add_argument('--log-dir', default='work_dirs/gpu_tests', help='one log per test')
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f'--jobs must be at least 1, got {args.jobs}')
-    ids = collect(args.paths, args.keyword)
-    if not ids:
+    tests = collect(args.paths, args.keyword)
+    if not tests:
         print('no GPU tests collected (check the paths and -k)')
         return 5  # as pytest: nothing collected
     log_dir = ROOT / args.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    procs = []
-    for i, group in enumerate(deal(ids, args.jobs)):
-        log = log_dir / f'job{i}.log'
-        cmd = [sys.executable, '-m', 'pytest', '-m', 'gpu', '-v', '-rfEs', '-p', 'no:cacheprovider', *group]
-        with log.open('w') as out:
-            procs.append((log, group, subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)))
-    failed = False
-    for log, group, proc in procs:
-        try:
-            code = proc.wait(timeout=max(1.0, args.timeout - (time.monotonic() - start)))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            code = None
-        print(summary(log.name, group, code, log.read_text()))
-        failed |= code != 0
-    print(f'{len(ids)} GPU tests in {len(procs)} processes, {time.monotonic() - start:.0f} s; logs in {log_dir}')
-    return 1 if failed else 0
+    results = run_queue(tests, args.jobs, args.timeout, log_dir)
+    for test, result in results.items():
+        print(f'{result:9s} {test}')
+    counts = collections.Counter(r.split(' (')[0] for r in results.values())
+    print(f'{len(tests)} GPU tests, {args.jobs} at a time, {time.monotonic() - start:.0f} s: '
+          + ', '.join(f'{n} {r}' for r, n in sorted(counts.items())) + f'; logs in {log_dir}')
+    return 0 if all(r in OK for r in results.values()) else 1
 
 
 if __name__ == '__main__':
