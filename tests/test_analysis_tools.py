@@ -243,8 +243,6 @@ def test_benchmark_compares_with_swin_and_convnext(capsys):
     assert next(line for line in table.splitlines() if line.startswith(f'| {swin}')).rstrip(' |').endswith('1.00x')
 
 
-
-
 @pytest.fixture
 def benchmark_ops():
     pytest.importorskip('triton')

@@ -26,11 +26,12 @@ from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OK = ('passed', 'skipped')
+PYTEST_GPU = [sys.executable, '-m', 'pytest', '-m', 'gpu', '-p', 'no:cacheprovider']
 
 
 def collect(paths: list[str], keyword: str | None) -> list[str]:
     """Node ids of the GPU-marked tests under ``paths`` (optionally filtered by ``-k keyword``)."""
-    cmd = [sys.executable, '-m', 'pytest', '--collect-only', '-q', '-m', 'gpu', '-p', 'no:cacheprovider', *paths]
+    cmd = [*PYTEST_GPU, '--collect-only', '-q', *paths]
     if keyword:
         cmd += ['-k', keyword]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -40,7 +41,7 @@ def collect(paths: list[str], keyword: str | None) -> list[str]:
 
 
 def pytest_command(test: str) -> list[str]:
-    return [sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-rfEs', '-p', 'no:cacheprovider', test]
+    return [*PYTEST_GPU, '-q', '-rfEs', test]
 
 
 def outcome(code: int, log_text: str) -> str:
