@@ -1,38 +1,77 @@
-"""Backend selection for the public operators.
+"""Which backend runs an operator: chosen in this one place, per call, from a context, the environment and the device.
 
-Backends: ``'reference'`` (PyTorch, any device), ``'triton'`` (CUDA tensors, Triton kernels) and ``'mamba_ssm'``
-(``selective_scan`` only, when the mamba_ssm package is importable). With ``backend=None`` the choice is made from
-the tensor's device: Triton on CUDA, the reference elsewhere. A CUDA call that has to fall back to the reference warns
-once and says why. The environment variable ``MMVMAMBA_OPS_BACKEND`` sets the default for every call. Each
-(op, device type, request) is resolved once and cached, so dispatch costs a dictionary lookup per call.
+Backends:
+
+- ``'reference'``: PyTorch maths (:mod:`.reference`), any device, float64-exact.
+- ``'triton'``: Triton kernels (:mod:`.triton_backend`), CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``).
+- ``'mamba_ssm'``: mamba_ssm's CUDA kernel, ``selective_scan`` only, when that package imports.
+- ``'export'``: the scans in standard ONNX-exportable ops with a fixed number of steps (:mod:`.export_backend`),
+  for tracing into a graph whose input size stays dynamic; forward only.
+- ``'shapes'``: the scans return zeros of their outputs' shapes without computing anything, the other ops are the
+  reference's; for tools that need a model's graph and not its values (FLOP counting). Forward only.
+
+The choice, first that applies: the call's ``backend=`` argument; the innermost :func:`use_backend` block; the
+``MMVMAMBA_OPS_BACKEND`` environment variable (read at import); by device, Triton for CUDA tensors and the reference
+elsewhere (a CUDA call that has to fall back to the reference warns once and says why). Float64 tensors always take
+the reference (exact float64 maths). The selection is a module attribute, so ``torch.compile`` guards on it: a
+compiled model recompiles when the block around it selects another backend.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
 
-BACKENDS = ('reference', 'triton', 'mamba_ssm')
-_MODULES = {'reference': 'reference', 'triton': 'triton_backend', 'mamba_ssm': 'mamba_ssm_backend'}
+BACKENDS = ('reference', 'triton', 'mamba_ssm', 'export', 'shapes')
+_MODULES = {'reference': 'reference', 'triton': 'triton_backend', 'mamba_ssm': 'mamba_ssm_backend',
+            'export': 'export_backend', 'shapes': 'reference'}
 ENV_VAR = 'MMVMAMBA_OPS_BACKEND'
-_forced: list[str | None] = [None]
+# what each backend implements (the reference and export backends run on any device)
+_OPS = {'reference': ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan', 'layer_norm'),
+        'triton': ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan', 'layer_norm'),
+        'mamba_ssm': ('selective_scan',),
+        'export': ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan', 'layer_norm'),
+        'shapes': ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan', 'layer_norm')}
+# Triton's interpreter runs the kernels on CPU tensors (the tests' way to check them without a GPU)
+_ANY_DEVICE = ('reference', 'export', 'shapes') + (('triton',) if os.environ.get('TRITON_INTERPRET') == '1' else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The backend chosen by the innermost :func:`use_backend` block (None: by device) and its options."""
+    backend: str | None
+    options: tuple[tuple[str, int], ...] = ()
+
+
+def _check_name(backend: str | None) -> None:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f'Unknown ops backend {backend!r}; choose one of {BACKENDS}.')
+
+
+_default = os.environ.get(ENV_VAR) or None
+_check_name(_default)
+selection = Selection(_default)
 
 
 @contextlib.contextmanager
-def force_backend(backend: str | None) -> Iterator[None]:
-    """Within the block, every public op call that names no backend uses ``backend`` (e.g. to compare a model on the
-    fast kernels with the same model on the reference ops)."""
-    previous, _forced[0] = _forced[0], backend
+def use_backend(backend: str | None, **options: int) -> Iterator[None]:
+    """Within the block, every operator call that names no backend uses ``backend`` (None: by device), e.g. to
+    compare a model on the fast kernels with the same model on the reference ops, or ``use_backend('export',
+    max_log2_length=...)`` to trace a model for ONNX. Blocks nest; the previous choice comes back on exit."""
+    global selection
+    _check_name(backend)
+    previous, selection = selection, Selection(backend, tuple(sorted(options.items())))
     try:
         yield
     finally:
-        _forced[0] = previous
+        selection = previous
 
 
 @functools.cache
@@ -49,88 +88,58 @@ def backend_status() -> dict[str, str]:
     return {name: (reason or 'available') for name in BACKENDS for _, reason in [_load(name)]}
 
 
+def module(backend: str) -> ModuleType:
+    """The (importable) module of ``backend``."""
+    loaded, reason = _load(backend)
+    if loaded is None:
+        raise RuntimeError(f'ops backend {backend!r} cannot be used: {reason}.')
+    return loaded
+
+
 def _unavailable(backend: str, op: str, device_type: str) -> str:
-    module, reason = _load(backend)
-    if module is None:
+    loaded, reason = _load(backend)
+    if loaded is None:
         return reason
-    if not hasattr(module, op):
+    if op not in _OPS[backend]:
         return f'the {backend} backend does not implement {op}'
-    if backend != 'reference' and device_type != 'cuda':
+    if backend not in _ANY_DEVICE and device_type != 'cuda':
         return f'the {backend} backend runs on CUDA tensors only, got a {device_type} tensor'
     return ''
 
 
+@torch.compiler.assume_constant_result
+def _resolve(op: str, device_type: str, float64: bool, requested: str | None) -> str:
+    return _resolve_cached(op, device_type, float64, requested)
+
+
 @functools.cache
-def resolve(op: str, device_type: str, requested: str | None) -> Callable:
-    """The implementation of ``op`` for tensors on ``device_type``; see the module docstring for the rules."""
-    requested = requested or os.environ.get(ENV_VAR) or None
+def _resolve_cached(op: str, device_type: str, float64: bool, requested: str | None) -> str:
+    if float64 and requested not in ('export', 'shapes'):
+        return 'reference'
     if requested is not None:
-        if requested not in BACKENDS:
-            raise ValueError(f'Unknown ops backend {requested!r}; choose one of {BACKENDS}.')
+        _check_name(requested)
         reason = _unavailable(requested, op, device_type)
         if reason:
             raise RuntimeError(f'{op}: backend {requested!r} was requested but cannot be used: {reason}.')
-        return getattr(_load(requested)[0], op)
+        return requested
     if device_type == 'cuda':
         reasons = []
         for candidate in ('triton', 'mamba_ssm'):
             reason = _unavailable(candidate, op, device_type)
             if not reason:
-                return getattr(_load(candidate)[0], op)
+                return candidate
             reasons.append(f'{candidate}: {reason}')
         warnings.warn(f'mmvmamba.ops.{op} falls back to the slow PyTorch reference on CUDA ({"; ".join(reasons)}). '
-                      f'Install triton to get the fast kernels.', RuntimeWarning, stacklevel=3)
-    return getattr(_load('reference')[0], op)
+                      f'Install triton to get the fast kernels.', RuntimeWarning, stacklevel=4)
+    return 'reference'
 
 
-def _device_type(t: torch.Tensor) -> str:
-    return t.device.type
+def resolve(op: str, tensor: torch.Tensor, requested: str | None = None) -> str:
+    """The name of the backend that runs ``op`` on ``tensor`` (its device and dtype), given the call's ``backend=``
+    argument ``requested``; see the module docstring for the rules."""
+    return _resolve(op, tensor.device.type, tensor.dtype == torch.float64, requested or selection.backend)
 
 
-def cross_scan(x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-    """(B, C, H, W) -> (B, 4, C, H*W): row-major, column-major and both reversed; a (B, 4, C, H, W) input gives
-    each route its own map."""
-    return resolve('cross_scan', _device_type(x), backend or _forced[0])(x)
-
-
-def cross_merge(y: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-    """(B, 4, C, H, W) -> (B, C, H*W): the adjoint of :func:`cross_scan` (undo each route and sum)."""
-    return resolve('cross_merge', _device_type(y), backend or _forced[0])(y)
-
-
-def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                   D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
-                   return_last_state: bool = False, float32_output: bool = True, backend: str | None = None):
-    """Selective scan (Mamba's S6) with grouped B/C; semantics in :func:`mmvmamba.ops.reference.selective_scan`.
-
-    u, delta: (batch, channels, L); A: (channels, N); B, C: (batch, groups, N, L); D, delta_bias: (channels,).
-    Returns y (batch, channels, L) (float32, or u's dtype when ``float32_output`` is False) and, when asked, the
-    last state (batch, channels, N).
-    """
-    fn = resolve('selective_scan', _device_type(u), backend or _forced[0])
-    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus, return_last_state, float32_output)
-
-
-def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                         D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
-                         delta_softplus: bool = True, float32_output: bool = True,
-                         delta_weight: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
-    """Fused cross_scan -> selective_scan -> cross_merge on a (B, C, H, W) map; returns (B, C, H*W).
-
-    delta: (B, 4, C, H, W) and B, C: (B, 4, N, H, W) are per route, in image coordinates; A: (4*C, N);
-    D, delta_bias: (4*C,). With ``delta_weight`` (4, C, R), delta is the rank-R (B, 4, R, H, W) input of that
-    projection (VMamba's dt_proj), which fast backends apply without storing the expanded delta. Fast backends apply
-    the routes inside their loads and stores.
-    """
-    fn = resolve('cross_selective_scan', _device_type(x), backend or _forced[0])
-    return fn(x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output, delta_weight)
-
-
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
-               out_dtype: torch.dtype | None = None, backend: str | None = None) -> torch.Tensor:
-    """LayerNorm over the last dim with float32 statistics, written in ``out_dtype`` (default: x's dtype).
-
-    VMamba's norms before a Linear: under autocast the output goes straight to the Linear's dtype, in one kernel on
-    CUDA instead of a float32 norm and a cast.
-    """
-    return resolve('layer_norm', _device_type(x), backend or _forced[0])(x, weight, bias, eps, out_dtype)
+def options() -> dict[str, int]:
+    """The options of the innermost :func:`use_backend` block."""
+    return dict(selection.options)

@@ -1,6 +1,6 @@
 """Pure-PyTorch reference operators: exact, vectorised, any device, float64-checkable.
 
-Shapes follow section 1-2 of the VMamba specification:
+Shapes (the block equations and route orders are in docs/design.md):
 
 - ``cross_scan(x)``: (B, C, H, W) -> (B, 4, C, L), or a per-route input (B, 4, C, H, W) -> (B, 4, C, L)
   where route k reads its own map ``x[:, k]``.
@@ -208,27 +208,66 @@ def _delta_to_dt(pre: torch.Tensor, delta_softplus: bool) -> torch.Tensor:
     return F.softplus(pre) if delta_softplus else pre
 
 
-class SelectiveScanReference(torch.autograd.Function):
-    """Selective scan on (batch, L, G, Dg) tensors with an analytic backward that recomputes the states."""
-
-    @staticmethod
-    def forward(ctx, u, pre, A, B, C, D, delta_softplus):
-        ctx.save_for_backward(u, pre, A, B, C, D)
-        ctx.delta_softplus = delta_softplus
-        return _scan_out(u, _delta_to_dt(pre, delta_softplus), A, B, C, D, reverse=False)[0]
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        u, pre, A, B, C, D = ctx.saved_tensors
-        dt = _delta_to_dt(pre, ctx.delta_softplus)
-        grad_u, grad_dt, grad_A, grad_B, grad_C, grad_D = _scan_grads(u, dt, A, B, C, D, grad_y, reverse=False)
-        grad_pre = grad_dt * torch.sigmoid(pre) if ctx.delta_softplus else grad_dt
-        return grad_u, grad_pre, grad_A, grad_B, grad_C, grad_D, None
-
-
 def _seq_layout(t: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
     """(batch, channels, L) -> (batch, L, groups, channels // groups) in ``dtype`` (a view when possible)."""
     return t.to(dtype).transpose(1, 2).unflatten(2, (groups, t.shape[1] // groups))
+
+
+def _scan_operands(u, delta, A, B, C, D, delta_bias):
+    """The selective scan's operands in the sequence-on-dim-1 layout of :func:`_scan_out` (views where possible):
+    compute dtype, u and the pre-activation delta + bias (batch, L, G, Dg), A (G, Dg, N), B, C (batch, L, G, N),
+    D (G, Dg) or None."""
+    dtype = _compute_dtype(u, delta, A, B, C)
+    groups = B.shape[1]
+    pre = _seq_layout(delta, groups, dtype)
+    if delta_bias is not None:
+        pre = pre + delta_bias.to(dtype).view(groups, -1)
+    return (dtype, _seq_layout(u, groups, dtype), pre, A.to(dtype).view(groups, -1, A.shape[1]),
+            B.to(dtype).permute(0, 3, 1, 2), C.to(dtype).permute(0, 3, 1, 2),
+            None if D is None else D.to(dtype).view(groups, -1))
+
+
+def _channels_layout(t: torch.Tensor) -> torch.Tensor:
+    """(batch, L, G, Dg) -> contiguous (batch, channels, L)."""
+    return t.flatten(2).transpose(1, 2).contiguous()
+
+
+def selective_scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, float32_output: bool):
+    """y (batch, channels, L) and the last state (batch, channels, N), both contiguous, without autograd."""
+    dtype, u_s, pre, A_g, B_s, C_s, D_g = _scan_operands(u, delta, A, B, C, D, delta_bias)
+    y, last = _scan_out(u_s, _delta_to_dt(pre, delta_softplus), A_g, B_s, C_s, D_g, reverse=False)
+    y = _channels_layout(y)
+    return (y if float32_output else y.to(u.dtype)), last.flatten(1, 2).contiguous()
+
+
+def selective_scan_backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
+    """Gradients of (u, delta, A, B, C, D, delta_bias), each contiguous in its input's dtype (None for an absent
+    D or delta_bias); the states are recomputed."""
+    dtype, u_s, pre, A_g, B_s, C_s, D_g = _scan_operands(u, delta, A, B, C, D, delta_bias)
+    dt = _delta_to_dt(pre, delta_softplus)
+    g_u, g_dt, g_A, g_B, g_C, g_D = _scan_grads(u_s, dt, A_g, B_s, C_s, D_g, _seq_layout(grad_y, B.shape[1], dtype),
+                                                reverse=False)
+    g_pre = g_dt * torch.sigmoid(pre) if delta_softplus else g_dt
+    return (_channels_layout(g_u).to(u.dtype), _channels_layout(g_pre).to(delta.dtype),
+            g_A.reshape(A.shape).to(A.dtype), g_B.permute(0, 2, 3, 1).contiguous().to(B.dtype),
+            g_C.permute(0, 2, 3, 1).contiguous().to(C.dtype), None if D is None else g_D.reshape(D.shape).to(D.dtype),
+            None if delta_bias is None else g_pre.sum((0, 1)).reshape(delta_bias.shape).to(delta_bias.dtype))
+
+
+class SelectiveScanReference(torch.autograd.Function):
+    """:func:`selective_scan_forward` with :func:`selective_scan_backward` as its backward."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output):
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        y, last = selective_scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output)
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last):
+        return (*selective_scan_backward(grad_y, *ctx.saved_tensors, ctx.delta_softplus), None, None)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -244,27 +283,12 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         float32_output: output in float32 (float64 for float64 inputs); otherwise in ``u``'s dtype.
     """
     _check_scan_inputs(u, delta, A, B, C, D, delta_bias)
-    dtype = _compute_dtype(u, delta, A, B, C)
-    groups = B.shape[1]
-    u_s = _seq_layout(u, groups, dtype)
-    pre = _seq_layout(delta, groups, dtype)
-    if delta_bias is not None:
-        pre = pre + delta_bias.to(dtype).view(groups, -1)
-    A_g = A.to(dtype).view(groups, -1, A.shape[1])
-    B_s, C_s = B.to(dtype).permute(0, 3, 1, 2), C.to(dtype).permute(0, 3, 1, 2)
-    D_g = None if D is None else D.to(dtype).view(groups, -1)
+    args = (u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output)
     if _needs_grad(u, delta, A, B, C, D, delta_bias):
-        y = SelectiveScanReference.apply(u_s, pre, A_g, B_s, C_s, D_g, delta_softplus)
+        y, last = SelectiveScanReference.apply(*args)
     else:  # plain tensor ops: no autograd bookkeeping
-        y = _scan_out(u_s, _delta_to_dt(pre, delta_softplus), A_g, B_s, C_s, D_g, reverse=False)[0]
-    y = y.flatten(2).transpose(1, 2).contiguous()
-    if not float32_output:
-        y = y.to(u.dtype)
-    if not return_last_state:
-        return y
-    with torch.no_grad():
-        _, last = _scan_out(u_s, _delta_to_dt(pre, delta_softplus), A_g, B_s, C_s, D_g, reverse=False)
-    return y, last.flatten(1, 2)
+        y, last = selective_scan_forward(*args)
+    return (y, last) if return_last_state else y
 
 
 def _route_sequences(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,41 +306,76 @@ def _to_image(seq: torch.Tensor, height: int, width: int, column_major: bool) ->
     return seq.unflatten(1, (height, width))
 
 
+def _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight):
+    """Compute dtype, and x, the pre-activation delta (batch, 4, C, H, W) (dt_proj applied to a rank-R delta, in
+    delta's dtype), A, B, C, D in it."""
+    dtype = _compute_dtype(x, delta, A, B, C)
+    if delta_weight is not None:
+        delta = torch.einsum('bkrhw,kcr->bkchw', delta, delta_weight.to(delta.dtype))
+    pre = delta.to(dtype)
+    if delta_bias is not None:
+        pre = pre + delta_bias.to(dtype).view(1, ROUTES, x.shape[1], 1, 1)
+    return dtype, (x.to(dtype), pre, A.to(dtype), B.to(dtype), C.to(dtype), None if D is None else D.to(dtype))
+
+
+def cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus: bool,
+                                 float32_output: bool) -> torch.Tensor:
+    """The fused forward without autograd: (B, C, H*W), a transposed view of a channel-last (B, H*W, C) buffer."""
+    _, args = _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight)
+    y = _cross_scan_out(*args, delta_softplus)
+    return y if float32_output else y.to(x.dtype)
+
+
+def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus: bool):
+    """Gradients of (x, delta, A, B, C, D, delta_bias, delta_weight), each contiguous in its input's dtype (None for
+    an absent input); every route is recomputed."""
+    dtype, (x_c, pre, A_c, B_c, C_c, D_c) = _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight)
+    batch, channels, height, width = x.shape
+    grad_rows, grad_cols = _route_sequences(grad_out.to(dtype).reshape(batch, channels, height, width))
+    grad_x = x_c.new_zeros(batch, height, width, channels)
+    grad_pre = x_c.new_empty(batch, height, width, ROUTES, channels)
+    grad_B = x_c.new_empty(batch, height, width, ROUTES, B.shape[2])
+    grad_C = torch.empty_like(grad_B)
+    grad_A, grad_D = torch.empty_like(A_c), None if D is None else torch.empty_like(D_c)
+    for k, (u, dt, A_k, B_k, C_k, D_k) in enumerate(_routes(x_c, pre, A_c, B_c, C_c, D_c, delta_softplus)):
+        column_major = k % 2 == 1
+        grad_y = (grad_cols if column_major else grad_rows).unsqueeze(2)
+        g_u, g_dt, g_A, g_B, g_C, g_D = _scan_grads(u, dt, A_k, B_k, C_k, D_k, grad_y, reverse=k >= 2)
+        if delta_softplus:
+            g_dt = g_dt * torch.sigmoid(_route_sequences(pre[:, k])[k % 2]).unsqueeze(2)
+        grad_x += _to_image(g_u.squeeze(2), height, width, column_major)
+        grad_pre[:, :, :, k] = _to_image(g_dt.squeeze(2), height, width, column_major)
+        grad_B[:, :, :, k] = _to_image(g_B.squeeze(2), height, width, column_major)
+        grad_C[:, :, :, k] = _to_image(g_C.squeeze(2), height, width, column_major)
+        grad_A.view(ROUTES, channels, -1)[k] = g_A[0]
+        if D is not None:
+            grad_D.view(ROUTES, channels)[k] = g_D[0]
+    grad_pre = grad_pre.permute(0, 3, 4, 1, 2)
+    grad_bias = None if delta_bias is None else grad_pre.sum((0, 3, 4)).reshape(delta_bias.shape)
+    grad_weight = None
+    if delta_weight is not None:
+        low = delta.to(dtype)
+        grad_weight = torch.einsum('bkchw,bkrhw->kcr', grad_pre, low).to(delta_weight.dtype)
+        grad_pre = torch.einsum('bkchw,kcr->bkrhw', grad_pre, delta_weight.to(dtype))
+    grads = (grad_x.permute(0, 3, 1, 2), grad_pre, grad_A, grad_B.permute(0, 3, 4, 1, 2),
+             grad_C.permute(0, 3, 4, 1, 2), grad_D, grad_bias, grad_weight)
+    inputs = (x, delta, A, B, C, D, delta_bias, delta_weight)
+    return tuple(None if g is None else g.to(t.dtype).contiguous() for g, t in zip(grads, inputs, strict=True))
+
+
 class CrossSelectiveScanReference(torch.autograd.Function):
-    """Four routes scanned straight from the (B, C, H, W) map: reversed routes scan backwards, outputs are merged
-    in a channel-last buffer. The backward recomputes each route."""
+    """:func:`cross_selective_scan_forward` with :func:`cross_selective_scan_backward` as its backward."""
 
     @staticmethod
-    def forward(ctx, x, pre, A, B, C, D, delta_softplus):
-        ctx.save_for_backward(x, pre, A, B, C, D)
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, float32_output):
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, delta_weight)
         ctx.delta_softplus = delta_softplus
-        return _cross_scan_out(x, pre, A, B, C, D, delta_softplus)
+        return cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus,
+                                            float32_output)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, pre, A, B, C, D = ctx.saved_tensors
-        batch, channels, height, width = x.shape
-        grad_rows, grad_cols = _route_sequences(grad_out.view(batch, channels, height, width))
-        grad_x = x.new_zeros(batch, height, width, channels)
-        grad_pre = x.new_empty(batch, height, width, ROUTES, channels)
-        grad_B = x.new_empty(batch, height, width, ROUTES, B.shape[2])
-        grad_C = torch.empty_like(grad_B)
-        grad_A, grad_D = torch.empty_like(A), None if D is None else torch.empty_like(D)
-        for k, (u, dt, A_k, B_k, C_k, D_k) in enumerate(_routes(x, pre, A, B, C, D, ctx.delta_softplus)):
-            column_major = k % 2 == 1
-            grad_y = (grad_cols if column_major else grad_rows).unsqueeze(2)
-            g_u, g_dt, g_A, g_B, g_C, g_D = _scan_grads(u, dt, A_k, B_k, C_k, D_k, grad_y, reverse=k >= 2)
-            if ctx.delta_softplus:
-                g_dt = g_dt * torch.sigmoid(_route_sequences(pre[:, k])[k % 2]).unsqueeze(2)
-            grad_x += _to_image(g_u.squeeze(2), height, width, column_major)
-            grad_pre[:, :, :, k] = _to_image(g_dt.squeeze(2), height, width, column_major)
-            grad_B[:, :, :, k] = _to_image(g_B.squeeze(2), height, width, column_major)
-            grad_C[:, :, :, k] = _to_image(g_C.squeeze(2), height, width, column_major)
-            grad_A.view(ROUTES, channels, -1)[k] = g_A[0]
-            if D is not None:
-                grad_D.view(ROUTES, channels)[k] = g_D[0]
-        return (grad_x.permute(0, 3, 1, 2), grad_pre.permute(0, 3, 4, 1, 2), grad_A, grad_B.permute(0, 3, 4, 1, 2),
-                grad_C.permute(0, 3, 4, 1, 2), grad_D, None)
+        return (*cross_selective_scan_backward(grad_out, *ctx.saved_tensors, ctx.delta_softplus), None, None)
 
 
 def _cross_scan_out(x, pre, A, B, C, D, delta_softplus):
@@ -356,19 +415,10 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
         (batch, C, H * W) (a view of a channel-last buffer), float32 unless ``float32_output`` is False.
     """
     _check_cross_inputs(x, delta, A, B, C, D, delta_bias, delta_weight)
-    if delta_weight is not None:
-        delta = torch.einsum('bkrhw,kcr->bkchw', delta, delta_weight.to(delta.dtype))
-    channels = x.shape[1]
-    dtype = _compute_dtype(x, delta, A, B, C)
-    pre = delta.to(dtype)
-    if delta_bias is not None:
-        pre = pre + delta_bias.to(dtype).view(1, ROUTES, channels, 1, 1)
-    args = (x.to(dtype), pre, A.to(dtype), B.to(dtype), C.to(dtype), None if D is None else D.to(dtype))
-    if _needs_grad(x, delta, A, B, C, D, delta_bias):
-        y = CrossSelectiveScanReference.apply(*args, delta_softplus)
-    else:  # plain tensor ops: no autograd bookkeeping
-        y = _cross_scan_out(*args, delta_softplus)
-    return y if float32_output else y.to(x.dtype)
+    args = (x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, float32_output)
+    if _needs_grad(x, delta, A, B, C, D, delta_bias, delta_weight):
+        return CrossSelectiveScanReference.apply(*args)
+    return cross_selective_scan_forward(*args)
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from mmvmamba.models.backbones.vmamba import VMamba
-from mmvmamba.ops import cross_selective_scan, dispatch, selective_scan
+from mmvmamba.ops import cross_selective_scan, selective_scan
 from mmvmamba.utils.config import VMambaClassifier, build_from_config, model_kind
 from mmvmamba.utils.flops import count_flops, selective_scan_flops
 from tests.test_vmamba_backbone import SMALL_V2, SMALL_VANILLA
@@ -66,15 +66,14 @@ class PlainScan(nn.Module):
         return y + last.sum(-1, keepdim=True)
 
 
-def test_plain_selective_scan_is_counted_and_dispatch_restored():
-    original = dispatch.resolve
+def test_plain_selective_scan_is_counted_and_scans_run_again_after_a_failing_count():
     report = count_flops(PlainScan(), torch.randn(3, 6, 50))
     assert report.scan_calls == 1
     assert report.scan_flops == selective_scan_flops(3, 50, 6, 3)
-    assert dispatch.resolve is original
     with pytest.raises(RuntimeError):
-        count_flops(nn.Linear(2, 2), torch.randn(1, 3))  # a failing trace leaves dispatch as it was
-    assert dispatch.resolve is original
+        count_flops(nn.Linear(2, 2), torch.randn(1, 3))  # a failing trace leaves no scan skipped afterwards
+    u = torch.randn(1, 6, 5)
+    assert selective_scan(u, u, -torch.ones(6, 3), torch.ones(1, 2, 3, 5), torch.ones(1, 2, 3, 5)).abs().sum() > 0
 
 
 def test_running_the_scans_gives_the_same_count_and_outputs_are_untouched():
@@ -253,9 +252,9 @@ def benchmark_ops():
 def test_benchmark_ops_baseline_is_another_checkouts_backend(benchmark_ops):
     baseline = benchmark_ops.load_baseline(ROOT)  # this checkout, imported a second time beside itself
     impls = benchmark_ops.implementations(baseline)
-    assert impls['baseline fused'] is baseline.cross_selective_scan
-    assert impls['baseline fused'] is not impls['triton fused']
-    assert baseline.__name__ == 'baseline_ops.triton_backend'
+    assert impls['baseline fused'].func is baseline.cross_selective_scan
+    assert impls['baseline fused'].func is not impls['triton fused'].func
+    assert baseline.__name__ == 'baseline_ops'
     torch.manual_seed(0)
     x = dict(x=torch.randn(1, 2, 3, 4, dtype=torch.float64), delta=torch.randn(1, 4, 2, 3, 4, dtype=torch.float64),
              A=-torch.rand(8, 1, dtype=torch.float64), B=torch.randn(1, 4, 1, 3, 4, dtype=torch.float64),

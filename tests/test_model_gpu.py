@@ -30,7 +30,7 @@ def test_fast_model_equals_reference_ops_fp32(arch, size):
     results = []
     for backend in (None, 'reference'):
         model.zero_grad()
-        with ops.force_backend(backend):
+        with ops.use_backend(backend):
             outs = model(x)
             sum((o * torch.linspace(-1, 1, o.numel(), device='cuda').view_as(o)).sum() for o in outs).backward()
         results.append(([o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}))

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
+from mmvmamba.ops import export_backend as export_ops
 from mmvmamba.ops import reference
-from mmvmamba.utils import export as export_ops
 from mmvmamba.utils.config import TensorModel, build_arch_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))

@@ -217,8 +217,23 @@ def test_cross_selective_scan_low_rank_gradcheck():
     assert torch.autograd.gradcheck(scan, (*x.values(), weight))
 
 
-def test_force_backend_is_scoped():
+def test_use_backend_is_scoped():
     x = torch.randn(1, 2, 3, 4)
-    with ops.force_backend('triton'), pytest.raises(RuntimeError, match='cannot be used'):
+    with ops.use_backend('triton'), pytest.raises(RuntimeError, match='cannot be used'):
         ops.cross_scan(x)
     assert torch.equal(ops.cross_scan(x), reference.cross_scan(x))
+
+
+def test_use_backend_rejects_an_unknown_name_and_nests():
+    with pytest.raises(ValueError, match='Unknown ops backend'):
+        with ops.use_backend('cuda-magic'):
+            pass
+    x = torch.randn(1, 2, 3, 4)
+    u, A, b = torch.randn(1, 4, 6), -torch.ones(4, 1), torch.randn(1, 1, 1, 6)
+    with ops.use_backend('shapes'):
+        assert not ops.selective_scan(u, u, A, b, b).any()  # the 'shapes' scans compute nothing: zeros
+        with ops.use_backend('reference'):
+            assert ops.selective_scan(u, u, A, b, b).any()
+        assert not ops.selective_scan(u, u, A, b, b).any()
+        assert torch.equal(ops.cross_scan(x), reference.cross_scan(x))  # its other ops are the reference's
+    assert ops.selective_scan(u, u, A, b, b).any()

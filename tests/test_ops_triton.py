@@ -9,12 +9,14 @@ write shows up as NaN.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import itertools
 import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -33,7 +35,11 @@ triton = pytest.importorskip('triton')
 tl = triton.language
 reference = importlib.import_module(f'{ops.__name__}.reference')
 triton_backend = importlib.import_module(f'{ops.__name__}.triton_backend')
-kernels = triton_backend.kernels
+scan_kernels = importlib.import_module(f'{ops.__name__}.triton_backend.scan_kernels')
+# the public ops with the Triton backend chosen
+tb = types.SimpleNamespace(**{name: functools.partial(getattr(ops, name), backend='triton')
+                              for name in ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan',
+                                           'layer_norm')})
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _seeds = itertools.count(20260)
@@ -157,19 +163,19 @@ def check_against_reference(fn, ref_fn, x: dict, dtype: torch.dtype, **kwargs):
 def check_selective_scan(batch, channels, n_state, length, groups, dtype, device, with_d_and_bias=True,
                          softplus=True, float32_output=True):
     x = scan_inputs(batch, channels, n_state, length, groups, dtype, device, with_d_and_bias, softplus)
-    y = check_against_reference(triton_backend.selective_scan, reference.selective_scan, x, dtype,
+    y = check_against_reference(tb.selective_scan, reference.selective_scan, x, dtype,
                                 delta_softplus=softplus, return_last_state=True, float32_output=float32_output)
     assert y.dtype == (torch.float32 if float32_output else dtype) and y.shape == (batch, channels, length)
 
 
 def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, device, low_rank=False):
     x = cross_inputs(batch, channels, n_state, height, width, dtype, device, low_rank=low_rank)
-    y = check_against_reference(triton_backend.cross_selective_scan, reference.cross_selective_scan, x, dtype)
+    y = check_against_reference(tb.cross_selective_scan, reference.cross_selective_scan, x, dtype)
     assert y.dtype == torch.float32 and y.shape == (batch, channels, height * width)
     assert y.transpose(1, 2).is_contiguous()  # a view of a channel-last (B, L, C) buffer
     # the fused kernel equals the composition of the unfused Triton operators (forward and gradients)
     seed = next(_seeds)
-    fused = run_backend(triton_backend.cross_selective_scan, x, seed)
+    fused = run_backend(tb.cross_selective_scan, x, seed)
     composed = run_backend(composed_cross_selective_scan, x, seed)
     tol = tolerance(dtype)
     assert rel_l2(fused[0], composed[0]) <= tol
@@ -178,7 +184,6 @@ def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, d
 
 
 def composed_cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_weight=None):
-    tb = triton_backend
     batch, channels, height, width = x.shape
     if delta_weight is not None:
         delta = torch.einsum('bkrhw,kcr->bkchw', delta, delta_weight.to(delta.dtype))
@@ -191,9 +196,9 @@ def check_cross_scan_and_merge(batch, channels, height, width, dtype, device):
     g = make_generator(device)
     x = torch.randn(batch, height, width, channels, generator=g, device=device).to(dtype).permute(0, 3, 1, 2)
     per_route = torch.randn(batch, 4, channels, height, width, generator=g, device=device).to(dtype)
-    for fn, ref_fn, inp in ((triton_backend.cross_scan, reference.cross_scan, dict(x=x)),
-                            (triton_backend.cross_scan, reference.cross_scan, dict(x=per_route)),
-                            (triton_backend.cross_merge, reference.cross_merge, dict(y=per_route))):
+    for fn, ref_fn, inp in ((tb.cross_scan, reference.cross_scan, dict(x=x)),
+                            (tb.cross_scan, reference.cross_scan, dict(x=per_route)),
+                            (tb.cross_merge, reference.cross_merge, dict(y=per_route))):
         y = check_against_reference(fn, ref_fn, inp, dtype)
         assert y.dtype == dtype and y.is_contiguous()
 
@@ -202,7 +207,7 @@ def check_cross_scan_and_merge(batch, channels, height, width, dtype, device):
 def _look_back_probe(flag_ptr, agg_ptr, incl_ptr, out_ptr, s, n_seg, REVERSE: tl.constexpr, NP: tl.constexpr,
                      BC: tl.constexpr, WIN: tl.constexpr):
     offs = tl.arange(0, NP)[:, None] * BC + tl.arange(0, BC)[None, :]
-    carry = kernels._look_back(flag_ptr, agg_ptr, incl_ptr, s, n_seg, 2 * NP * BC, NP * BC, offs, offs, offs >= 0,
+    carry = scan_kernels._look_back(flag_ptr, agg_ptr, incl_ptr, s, n_seg, 2 * NP * BC, NP * BC, offs, offs, offs >= 0,
                                REVERSE, NP, BC, WIN)
     tl.store(out_ptr + offs, carry)
 
@@ -255,20 +260,20 @@ def check_no_grad_scan(device):
     x = scan_inputs(2, 8, 2, 37, 2, torch.float32, device)
     xc = cross_inputs(1, 4, 1, 5, 6, torch.float32, device)
     with torch.no_grad(), poisoned_allocations():
-        y, last = triton_backend.selective_scan(**x, return_last_state=True)
-        out = triton_backend.cross_selective_scan(**xc)
+        y, last = tb.selective_scan(**x, return_last_state=True)
+        out = tb.cross_selective_scan(**xc)
     y_ref, last_ref = reference.selective_scan(**{k: v.double() for k, v in x.items()}, return_last_state=True)
     assert rel_l2(y, y_ref) <= FP32_TOL and rel_l2(last, last_ref) <= FP32_TOL
     assert rel_l2(out, reference.cross_selective_scan(**{k: v.double() for k, v in xc.items()})) <= FP32_TOL
 
 
 def interpreter_segments(device='cpu'):
-    """Rows cut into segments chained by the look-back, with and without loading the next chunk ahead."""
-    with triton_backend.tile_config(T=8, min_seg=3, PF_fwd=1, PF_bwd=0):
+    """Rows cut into segments chained by the look-back (a large ``programs`` makes rows too few to fill it)."""
+    with triton_backend.tile_config(T=8, programs=64):  # 3 forward segments a row, 6 backward
         check_selective_scan(1, 6, 2, 45, 2, torch.float32, device)
-    with triton_backend.tile_config(T=8, min_seg=2, PF_fwd=0, PF_bwd=1):
+    with triton_backend.tile_config(T=8, programs=64):
         check_cross_selective_scan(1, 3, 1, 3, 7, torch.float32, device)
-    with triton_backend.tile_config(T=4, min_seg=3):  # whole chunks only, none partial: nothing past a row's end
+    with triton_backend.tile_config(T=4, programs=64):  # whole chunks only, none partial: nothing past a row's end
         check_cross_selective_scan(1, 4, 1, 4, 6, torch.float32, device)
     with triton_backend.tile_config(T=4, S=4):  # rounds of 4 chunks; the last has a partial chunk and two past L
         check_selective_scan(1, 4, 2, 37, 1, torch.float32, device)
@@ -302,7 +307,7 @@ def check_layer_norm(shape, dtype, out_dtype, device):
     x = dict(x=torch.randn(*shape, generator=g, device=device).to(dtype),
              weight=torch.randn(n, generator=g, device=device) * 0.5 + 1,
              bias=torch.randn(n, generator=g, device=device))
-    y = check_against_reference(triton_backend.layer_norm, reference.layer_norm, x, out_dtype,
+    y = check_against_reference(tb.layer_norm, reference.layer_norm, x, out_dtype,
                                 eps=1e-5, out_dtype=out_dtype)
     assert y.dtype == out_dtype and y.shape == shape
 
@@ -334,22 +339,22 @@ def test_kernels_under_the_interpreter(case):
 
 def test_fp64_inputs_use_the_reference():
     x = scan_inputs(1, 4, 2, 20, 2, torch.float64, 'cpu')
-    assert torch.equal(triton_backend.selective_scan(**x), reference.selective_scan(**x))
+    assert torch.equal(tb.selective_scan(**x), reference.selective_scan(**x))
     img = torch.randn(1, 2, 3, 4, dtype=torch.float64)
-    assert torch.equal(triton_backend.cross_scan(img), reference.cross_scan(img))
+    assert torch.equal(tb.cross_scan(img), reference.cross_scan(img))
 
 
 def test_shape_errors():
     x = cross_inputs(1, 2, 1, 3, 4, torch.float32, 'cpu')
     with pytest.raises(ValueError, match='delta must be'):
-        triton_backend.cross_selective_scan(**{**x, 'delta': x['delta'][:, :3]})
+        tb.cross_selective_scan(**{**x, 'delta': x['delta'][:, :3]})
     with pytest.raises(ValueError, match='A must be'):
-        triton_backend.cross_selective_scan(**{**x, 'A': x['A'][:5]})
+        tb.cross_selective_scan(**{**x, 'A': x['A'][:5]})
     with pytest.raises(ValueError, match='cross_merge expects'):
-        triton_backend.cross_merge(torch.randn(1, 3, 2, 2, 2))
+        tb.cross_merge(torch.randn(1, 3, 2, 2, 2))
     s = scan_inputs(1, 4, 2, 10, 2, torch.float32, 'cpu')
     with pytest.raises(ValueError, match='do not divide'):
-        triton_backend.selective_scan(**{**s, 'B': torch.randn(1, 3, 2, 10)})
+        tb.selective_scan(**{**s, 'B': torch.randn(1, 3, 2, 10)})
 
 
 def test_forward_rounds_widen_only_for_long_rows_that_fill_the_gpu():
@@ -362,12 +367,15 @@ def test_forward_rounds_widen_only_for_long_rows_that_fill_the_gpu():
 
 def test_tile_config_override_is_scoped():
     default = triton_backend.scan_config(1, 96, 3136, 512)
-    with triton_backend.tile_config(T=8, GB=3):
-        assert triton_backend.scan_config(1, 96, 3136, 512).T == 8
-        with triton_backend.tile_config(GB=5):
-            assert triton_backend.scan_config(1, 96, 3136, 512).GB == 5
-        assert triton_backend.scan_config(1, 96, 3136, 512).GB == 3
+    with triton_backend.tile_config(T=16, WIN=3):
+        assert triton_backend.scan_config(1, 96, 3136, 512).T == 16
+        with triton_backend.tile_config(WIN=5):
+            assert triton_backend.scan_config(1, 96, 3136, 512).WIN == 5
+        assert triton_backend.scan_config(1, 96, 3136, 512).WIN == 3
     assert triton_backend.scan_config(1, 96, 3136, 512) == default
+    with pytest.raises(TypeError, match='Unknown tile fields'):
+        with triton_backend.tile_config(min_seg=2):
+            pass
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -397,11 +405,10 @@ def test_selective_scan_gpu(batch, channels, n_state, length, groups, dtype, wit
 
 
 @gpu
-@pytest.mark.parametrize('T,BC,WIN,GB,min_seg,PF', [(8, 4, 2, 1, 300, 1), (8, 8, 2, 1000, 40, 0),
-                                                    (16, 32, 16, 3, 4, 1)])
-def test_selective_scan_gpu_small_tiles(T, BC, WIN, GB, min_seg, PF):
+@pytest.mark.parametrize('T,BC,WIN,programs', [(8, 4, 2, 200_000), (8, 8, 2, 20_000), (16, 32, 16, 4_000)])
+def test_selective_scan_gpu_small_tiles(T, BC, WIN, programs):
     """Many segments per row, so the look-back walks several windows of aggregates while predecessors run."""
-    with triton_backend.tile_config(T=T, BC=BC, WIN=WIN, GB=GB, min_seg=min_seg, PF_fwd=PF, PF_bwd=PF):
+    with triton_backend.tile_config(T=T, BC=BC, WIN=WIN, programs=programs):
         check_selective_scan(3, 40, 1, 3000, 4, F32, 'cuda')
         check_selective_scan(2, 8, 4, 517, 2, BF16, 'cuda')
 
@@ -410,7 +417,7 @@ def test_selective_scan_gpu_small_tiles(T, BC, WIN, GB, min_seg, PF):
 def test_selective_scan_gpu_no_grad_and_output_dtype():
     x = scan_inputs(2, 8, 4, 300, 2, BF16, 'cuda')
     with torch.no_grad():
-        y = triton_backend.selective_scan(**x, float32_output=False)
+        y = tb.selective_scan(**x, float32_output=False)
     assert y.dtype == BF16
     assert rel_l2(y, reference.selective_scan(**{k: v.double() for k, v in x.items()})) <= HALF_TOL
 
@@ -434,7 +441,7 @@ def test_cross_selective_scan_gpu(batch, channels, n_state, height, width, dtype
 
 @gpu
 def test_fused_gpu_small_tiles():
-    with triton_backend.tile_config(T=8, BC=4, WIN=2, GB=2, min_seg=5):
+    with triton_backend.tile_config(T=8, BC=4, WIN=2, programs=2_000):
         check_cross_selective_scan(2, 10, 1, 13, 11, F32, 'cuda')
 
 
@@ -461,8 +468,8 @@ def test_look_back_gpu():
 @gpu
 def test_dispatch_picks_triton_on_cuda():
     x = cross_inputs(1, 4, 1, 5, 6, F32, 'cuda')
-    assert rel_l2(ops.cross_selective_scan(**x), triton_backend.cross_selective_scan(**x)) <= 1e-6
-    assert ops.dispatch.resolve('cross_selective_scan', 'cuda', None) is triton_backend.cross_selective_scan
+    assert rel_l2(ops.cross_selective_scan(**x), tb.cross_selective_scan(**x)) <= 1e-6
+    assert ops.dispatch.resolve('cross_selective_scan', x['x']) == 'triton'
 
 
 if __name__ == '__main__':

@@ -1,8 +1,8 @@
 """Export a VMamba backbone or classifier to ONNX with dynamic batch, height and width, and check it.
 
 The graph has standard ONNX ops only: the scans are exported through an export-friendly formulation of the PyTorch
-reference (mmvmamba/utils/export.py). After export, onnxruntime runs the file at the export size and at every
-``--check-sizes`` size, and each output is compared with PyTorch (relative L2 error).
+reference (the ops' 'export' backend, mmvmamba/ops/export_backend.py). After export, onnxruntime runs the file at the
+export size and at every ``--check-sizes`` size, and each output is compared with PyTorch (relative L2 error).
 
     python tools/export_onnx.py --arch tiny --out vmamba_tiny.onnx                      # backbone, 4 feature maps
     python tools/export_onnx.py --arch tiny --classifier --checkpoint vssm1_tiny.pth --out vmamba_tiny_cls.onnx
@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 from mmengine.config import DictAction
 
+from mmvmamba.ops import use_backend
+from mmvmamba.ops.export_backend import MAX_LOG2_LENGTH
 from mmvmamba.utils.config import TensorModel, build_model, get_backbone, load_weights, model_kind
-from mmvmamba.utils.export import MAX_LOG2_LENGTH, export_friendly_scans
 
 OPSET = 17
 
@@ -73,7 +74,7 @@ def export(model: nn.Module, path: str, size: tuple[int, int], max_log2_length: 
     for name in names:
         dynamic[name] = {0: 'batch'} if name == 'logits' else {0: 'batch', 2: f'{name}_h', 3: f'{name}_w'}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with torch.no_grad(), export_friendly_scans(max_log2_length), warnings.catch_warnings():
+    with torch.no_grad(), use_backend('export', max_log2_length=max_log2_length), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # tracer warnings on shape checks and the deprecation notice
         torch.onnx.export(model, (images,), path, dynamo=False, input_names=['images'], output_names=names,
                           dynamic_axes=dynamic, opset_version=OPSET)

@@ -1,11 +1,11 @@
-"""FLOPs of VMamba models as the authors counted them (specification, section 8).
+"""FLOPs of VMamba models as the authors counted them (docs/design.md, "FLOPs rule").
 
 MMEngine's counter (``mmengine.analysis``, a port of fvcore) traces the model and counts convolutions, linear
 layers, matmuls, einsums, norms and pooling, one multiply-add as one FLOP. The selective scan is invisible to it: our
-reference scan is plain elementwise tensor work. :func:`count_selective_scans` makes every call of the public scan
-ops (``mmvmamba.ops.selective_scan`` and ``cross_selective_scan``, see :mod:`.scan_hooks`) appear in the traced
-graph as one ``prim::PythonOp.SelectiveScanOp`` node, and :func:`selective_scan_flop_jit` counts it by Albert Gu's rule
-(``9 * B * L * D * N + B * L * D``, D the channels of the call, ``4 * d_inner`` for a cross scan).
+reference scan is plain elementwise tensor work. The scans are custom operators (:mod:`mmvmamba.ops.library`), so every
+call appears in the traced graph as one ``mmvmamba::selective_scan`` or ``mmvmamba::cross_selective_scan`` node, and
+:func:`selective_scan_flop_jit` counts it by Albert Gu's rule (``9 * B * L * D * N + B * L * D``, D the channels of
+the call, ``4 * d_inner`` for a cross scan).
 
 Not counted (0 FLOPs), as in the authors' numbers: elementwise ops and activations (add, mul, SiLU, GELU, softplus,
 exp, the gate), reductions other than pooling, the cross-scan/merge layout changes, padding, and copies.
@@ -17,16 +17,15 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import einsum_flop_jit, get_shape
 
-from .scan_hooks import wrap_scan_ops
+from mmvmamba.ops import library, use_backend
 
-SCAN_NODE = 'prim::PythonOp.SelectiveScanOp'
+SCAN_NODES = (f'{library.NAMESPACE}::selective_scan', f'{library.NAMESPACE}::cross_selective_scan')
 NOT_COUNTED = ('elementwise ops and activations (add, mul, SiLU, GELU, softplus, exp, the gate z), reductions other '
                'than pooling, cross-scan/merge (layout only), padding, copies and shape ops')
 
@@ -36,63 +35,14 @@ def selective_scan_flops(batch: int, length: int, channels: int, d_state: int) -
     return 9 * batch * length * channels * d_state + batch * length * channels
 
 
-class SelectiveScanOp(torch.autograd.Function):
-    """One scan call as one traced node whose inputs are the call's tensor arguments (``x, delta, A, ...``).
-
-    With ``shapes_only`` the scan is not run: it returns zeros of its output shape and dtype (FLOPs depend on shapes
-    only, and a trace through the scan's work is slow).
-    """
-
-    @staticmethod
-    def forward(ctx, fn: Callable, op: str, shapes_only: bool, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-                *args: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if shapes_only:
-            return _zero_output(op, x, delta, A, *args)
-        return fn(x, delta, A, *args)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError('count_selective_scans() is for FLOP counting without gradients; run under torch.no_grad().')
-
-
-def _zero_output(op: str, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, *args: Any):
-    """Zeros shaped as the documented output of :func:`mmvmamba.ops.selective_scan` / ``cross_selective_scan``."""
-    if op == 'cross_selective_scan':
-        float32_output = args[5] if len(args) > 5 else True
-        shape = (x.shape[0], x.shape[1], math.prod(x.shape[2:]))
-    else:
-        float32_output = args[6] if len(args) > 6 else True
-        shape = tuple(x.shape)
-    tensors = [t for t in (x, delta, A, *args[:2]) if isinstance(t, torch.Tensor)]
-    wide = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    y = x.new_zeros(shape, dtype=wide if float32_output else x.dtype)
-    if op == 'selective_scan' and len(args) > 5 and args[5]:  # return_last_state
-        return y, x.new_zeros((x.shape[0], A.shape[0], A.shape[1]), dtype=wide)
-    return y
-
-
-def count_selective_scans(shapes_only: bool = False) -> contextlib.AbstractContextManager:
-    """Within this context every call of a public scan op shows as one :data:`SCAN_NODE` in a traced graph.
-
-    A scan called inside another (a fused op built on the plain one) stays inside the outer node and is counted
-    once. ``shapes_only``: see :class:`SelectiveScanOp`.
-    """
-    def wrap(op: str, fn: Callable) -> Callable:
-        def scan(x, delta, A, *args):
-            return SelectiveScanOp.apply(fn, op, shapes_only, x, delta, A, *args)
-        return scan
-
-    return wrap_scan_ops(wrap)
-
-
 def selective_scan_flop_jit(inputs: list, outputs: list) -> Counter:
-    """FLOP handle for :data:`SCAN_NODE`: inputs are (u or x, delta, A, ...) with u (B, D, L) or x (B, C, H, W), A
-    (D, N); D is A's rows, so a cross scan counts its four routes. A cross scan given a rank-R delta and its
-    ``delta_weight`` (4, C, R) (the last input) also counts that projection, as the matmul it is (dt_proj)."""
+    """FLOP handle for the :data:`SCAN_NODES`: inputs are (u or x, delta, A, ...) with u (B, D, L) or x (B, C, H, W),
+    A (D, N); D is A's rows, so a cross scan counts its four routes. A cross scan given a rank-R delta and its
+    ``delta_weight`` (4, C, R) (its eighth input) also counts that projection, as the matmul it is (dt_proj)."""
     x, a = get_shape(inputs[0]), get_shape(inputs[2])
     counts = Counter({'selective_scan': selective_scan_flops(x[0], math.prod(x[2:]), a[0], a[1])})
-    weight = get_shape(inputs[-1])
-    if len(x) == 4 and weight is not None and len(weight) == 3:
+    weight = get_shape(inputs[7]) if len(x) == 4 else None
+    if weight is not None and len(weight) == 3:
         counts['dt_proj'] = x[0] * math.prod(x[2:]) * math.prod(weight)
     return counts
 
@@ -136,8 +86,8 @@ def flop_analyzer(model: nn.Module, inputs: tuple[torch.Tensor, ...],
     """MMEngine's analyzer with handles for the scan, exact einsums and fused attention (for baselines), its
     warnings off (:func:`count_flops` reports the unsupported ops)."""
     analyzer = FlopAnalyzer(model, inputs)
-    analyzer.set_op_handle(**{SCAN_NODE: scan_handle, 'aten::einsum': exact_einsum_flop_jit,
-                              'aten::scaled_dot_product_attention': sdpa_flop_jit})
+    analyzer.set_op_handle(**dict.fromkeys(SCAN_NODES, scan_handle), **{
+        'aten::einsum': exact_einsum_flop_jit, 'aten::scaled_dot_product_attention': sdpa_flop_jit})
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     analyzer.tracer_warnings('none')
@@ -163,7 +113,7 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), count_selective_scans(shapes_only=not run_scans):
+        with torch.no_grad(), (contextlib.nullcontext() if run_scans else use_backend('shapes')):
             analyzer = flop_analyzer(model, inputs, scan_handle)
             by_operator = {name: int(v) for name, v in analyzer.by_operator().items()}
     finally:

@@ -1,40 +1,44 @@
-"""Intercepting the public scan ops (``mmvmamba.ops.selective_scan`` and ``cross_selective_scan``) from outside.
+"""Watching the scan operators from outside the model, with a PyTorch dispatch mode.
 
-The public ops look up their implementation with :func:`mmvmamba.ops.dispatch.resolve` on every call, so replacing
-that one function for the length of a ``with`` block reaches every caller, however it imported the ops, without
-touching the model. The analysis tools build on :func:`wrap_scan_ops`: FLOP counting marks each call in the traced
-graph, the activation map records a layer's scan inputs, and ONNX export swaps in an export-friendly scan.
+The scans run as the custom operators ``mmvmamba::selective_scan`` and ``mmvmamba::cross_selective_scan``
+(:mod:`mmvmamba.ops.library`), so a :class:`~torch.utils._python_dispatch.TorchDispatchMode` sees every call with its
+arguments, whatever backend and however the model imported the ops: the activation map records a layer's scan
+inputs.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmvmamba.ops import dispatch
+from mmvmamba.ops import library
 
-SCAN_OPS = ('selective_scan', 'cross_selective_scan')
+_SCANS = (library.selective_scan.op._opoverload, library.cross_selective_scan.op._opoverload)
+# argument names of the scan operators, in their schema's order
+_ARGUMENTS = {'selective_scan': ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'delta_softplus', 'float32_output',
+                                 'save_states', 'backend'),
+              'cross_selective_scan': ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'delta_weight',
+                                       'delta_softplus', 'float32_output', 'save_states', 'backend')}
 
-# wrap(op name, resolved implementation) -> the callable used instead
-ScanWrapper = Callable[[str, Callable], Callable]
+
+def _name(func) -> str | None:
+    """'selective_scan' or 'cross_selective_scan' for a scan operator, else None."""
+    return func._schema.name.split('::')[1] if func in _SCANS else None
 
 
-@contextlib.contextmanager
-def wrap_scan_ops(wrap: ScanWrapper) -> Iterator[None]:
-    """Within the block, calls of the public scan ops go to ``wrap(op, impl)`` (called with the op's usual arguments,
-    ``impl`` being what the dispatcher chose); other ops are untouched. Blocks nest (the inner wrap is outermost)."""
-    original = dispatch.resolve
+class _ScanRecorder(TorchDispatchMode):
+    def __init__(self, calls: list[dict]):
+        super().__init__()
+        self.calls = calls
+        self.active = 0
 
-    def resolve(op: str, device_type: str, requested: str | None) -> Callable:
-        fn = original(op, device_type, requested)
-        return wrap(op, fn) if op in SCAN_OPS else fn
-
-    dispatch.resolve = resolve
-    try:
-        yield
-    finally:
-        dispatch.resolve = original
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = _name(func)
+        if name is not None and self.active:
+            self.calls.append(dict(op=name, **dict(zip(_ARGUMENTS[name], args, strict=False)), **(kwargs or {})))
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -42,28 +46,17 @@ def record_scan_calls(module: nn.Module) -> Iterator[list[dict]]:
     """Record the arguments of every scan call made while ``module`` runs, one dict per call (op name and the
     arguments by name: ``x`` or ``u``, ``delta``, ``A``, ``B``, ``C``, ``D``, ``delta_bias``, ...)."""
     calls: list[dict] = []
-    active = [0]
-    names = {'selective_scan': ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'delta_softplus',
-                                'return_last_state', 'float32_output'),
-             'cross_selective_scan': ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'delta_softplus',
-                                      'float32_output', 'delta_weight')}
-
-    def wrap(op: str, fn: Callable) -> Callable:
-        def scan(*args):
-            if active[0]:
-                calls.append(dict(op=op, **dict(zip(names[op], args, strict=False))))
-            return fn(*args)
-        return scan
+    recorder = _ScanRecorder(calls)
 
     def enter(*_):
-        active[0] += 1
+        recorder.active += 1
 
     def leave(*_):
-        active[0] -= 1
+        recorder.active -= 1
 
     handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
     try:
-        with wrap_scan_ops(wrap):
+        with recorder:
             yield calls
     finally:
         for handle in handles:

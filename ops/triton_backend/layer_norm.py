@@ -6,11 +6,11 @@ of rows; weight and bias gradients are reduced per program, then summed.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
+
+from .launch import launch
 
 
 @triton.jit
@@ -71,10 +71,6 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if t.stride(0) == n and t.stride(1) == 1 else t.contiguous()
 
 
-def _guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == 'cuda' else contextlib.nullcontext()
-
-
 def _tiles(n: int) -> tuple[int, int, int]:
     """(rows per program, padded width, warps): about 4096 elements a program."""
     block_n = triton.next_power_of_2(n)
@@ -82,41 +78,33 @@ def _tiles(n: int) -> tuple[int, int, int]:
     return rows, block_n, 4 if block_n * rows <= 4096 else 8
 
 
-class LayerNorm(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps, out_dtype):
-        n = x.shape[-1]
-        x2 = _rows(x, n)
-        rows = x2.shape[0]
-        y = torch.empty(x2.shape, device=x.device, dtype=out_dtype)
-        mean = torch.empty(rows, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        tile_rows, block_n, warps = _tiles(n)
-        with _guard(x):
-            _layer_norm_fwd[(triton.cdiv(rows, tile_rows),)](x2, weight, bias, y, mean, rstd, rows, n, eps,
-                                                             ROWS=tile_rows, BLOCK_N=block_n, num_warps=warps)
-        ctx.save_for_backward(x2, weight, mean, rstd)
-        ctx.shape = x.shape
-        return y.view(x.shape)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x2, weight, mean, rstd = ctx.saved_tensors
-        rows, n = x2.shape
-        dy = _rows(dy, n)
-        dx = torch.empty_like(x2)
-        tile_rows, block_n, warps = _tiles(n)
-        programs = min(triton.cdiv(rows, tile_rows), _BWD_PROGRAMS)
-        dw = torch.empty(programs, n, device=x2.device, dtype=torch.float32)
-        db = torch.empty_like(dw)
-        with _guard(x2):
-            _layer_norm_bwd[(programs,)](x2, weight, dy, mean, rstd, dx, dw, db, rows, n,
-                                         ROWS=tile_rows, BLOCK_N=block_n, num_warps=warps)
-        return (dx.view(ctx.shape), dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), None, None)
+def layer_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                       out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y (x's shape, contiguous, ``out_dtype``) and the float32 mean and 1/std of each row (the backward's)."""
+    n = x.shape[-1]
+    x2 = _rows(x, n)
+    rows = x2.shape[0]
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    tile_rows, block_n, warps = _tiles(n)
+    launch(_layer_norm_fwd, (triton.cdiv(rows, tile_rows),), x.device, x_ptr=x2, w_ptr=weight, b_ptr=bias, y_ptr=y,
+           mean_ptr=mean, rstd_ptr=rstd, rows=rows, n=n, eps=eps, ROWS=tile_rows, BLOCK_N=block_n, num_warps=warps)
+    return y, mean, rstd
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
-               out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """LayerNorm over the last dim with float32 statistics; the output in ``out_dtype`` (default: x's dtype)."""
-    return LayerNorm.apply(x, weight, bias, eps, out_dtype or x.dtype)
+def layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                        rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of (x, weight, bias): dx contiguous in x's shape and dtype, the others in weight's dtype."""
+    n = x.shape[-1]
+    x2, dy2 = _rows(x, n), _rows(dy, n)
+    rows = x2.shape[0]
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    tile_rows, block_n, warps = _tiles(n)
+    programs = min(triton.cdiv(rows, tile_rows), _BWD_PROGRAMS)
+    dw = torch.empty(programs, n, device=x.device, dtype=torch.float32)
+    db = torch.empty_like(dw)
+    launch(_layer_norm_bwd, (programs,), x.device, x_ptr=x2, w_ptr=weight, dy_ptr=dy2, mean_ptr=mean,
+           rstd_ptr=rstd, dx_ptr=dx, dw_ptr=dw, db_ptr=db, rows=rows, n=n, ROWS=tile_rows, BLOCK_N=block_n,
+           num_warps=warps)
+    return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)

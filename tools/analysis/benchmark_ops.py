@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import pathlib
@@ -54,8 +55,7 @@ DETECTION = [(2, 200, 304, 96), (2, 100, 152, 192), (2, 50, 76, 384), (2, 25, 38
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 # --sweep: tile configurations of the fused kernel (fields of triton_backend.TileConfig over its defaults), at
 # stage-1 and stage-3 classification and stage-1 detection shapes
-SWEEP = [{}, dict(T=4), dict(PF_fwd=0, PF_bwd=0), dict(BC=64), dict(S=2), dict(S=8),
-         dict(programs=4096), dict(min_seg=2)]
+SWEEP = [{}, dict(T=4), dict(BC=64), dict(S=2), dict(S=8), dict(programs=4096), dict(programs=16384)]
 SWEEP_SHAPES = [CLASSIFICATION[0], CLASSIFICATION[2], DETECTION[0]]
 
 
@@ -110,8 +110,8 @@ def unfused(scan_fn, cross_scan, cross_merge):
 
 
 def load_baseline(checkout: str) -> types.ModuleType:
-    """The Triton backend of another checkout of this repository (its ``ops/`` imported as package
-    ``baseline_ops``, beside this checkout's)."""
+    """The ops of another checkout of this repository (its ``ops/`` imported as package ``baseline_ops``, beside
+    this checkout's)."""
     package = pathlib.Path(checkout).resolve() / 'ops'
     if not (package / 'triton_backend' / '__init__.py').is_file():
         raise ValueError(f'{checkout} has no ops/triton_backend package: give the root of another checkout of this '
@@ -121,18 +121,19 @@ def load_baseline(checkout: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules['baseline_ops'] = module
     spec.loader.exec_module(module)
-    return importlib.import_module('baseline_ops.triton_backend')
+    return module
 
 
 def implementations(baseline: types.ModuleType | None = None) -> dict:
-    tb = triton_backend
+    tb = types.SimpleNamespace(**{name: functools.partial(getattr(ops, name), backend='triton')
+                                  for name in ('selective_scan', 'cross_scan', 'cross_merge', 'cross_selective_scan')})
     impls = {'reference': reference.cross_selective_scan,
              'triton unfused': unfused(tb.selective_scan, tb.cross_scan, tb.cross_merge),
              'triton fused': tb.cross_selective_scan}
     if mamba_ssm_backend is not None:
         impls['mamba_ssm unfused'] = unfused(mamba_ssm_backend.selective_scan, tb.cross_scan, tb.cross_merge)
     if baseline is not None:
-        impls['baseline fused'] = baseline.cross_selective_scan
+        impls['baseline fused'] = functools.partial(baseline.cross_selective_scan, backend='triton')
     return impls
 
 
@@ -267,8 +268,7 @@ def main() -> None:
             for cfg in SWEEP:
                 with triton_backend.tile_config(**cfg):
                     name = ' '.join(f'{k}={v}' for k, v in cfg.items()) or 'default'
-                    rows.append(row(case.label(), name, case, time_case(triton_backend.cross_selective_scan, inputs),
-                                    copy_bw))
+                    rows.append(row(case.label(), name, case, time_case(impls['triton fused'], inputs), copy_bw))
     else:
         for case in cases:
             fns = chosen(impls, args.only, case, args.reference_max_elements)

@@ -1,23 +1,22 @@
-"""An export-friendly selective scan, so that ONNX graphs keep their input size dynamic.
+"""The 'export' backend: the scans in standard ops, so that ONNX graphs keep their input size dynamic.
 
 The reference scan sizes its Python loops and buffers from the sequence length, which a trace bakes in. This scan
 computes the same recurrence h_t = a_t h_{t-1} + b_t by a doubling (Hillis-Steele) scan with a fixed number of
 out-of-place steps: step 2**i composes each position with the one 2**i steps back, so ``max_log2_length`` steps cover
 any sequence up to 2**max_log2_length, and steps past the length change nothing. Every size in the graph is then
 derived from the input's shape, and the graph has only standard ops (Slice, Concat, Mul, Add, Exp, Softplus, ...).
-Within :func:`export_friendly_scans` the public scan ops use it; it matches the reference to float rounding.
+Select it with ``mmvmamba.ops.use_backend('export', max_log2_length=...)`` around the export; it matches the
+reference to float rounding. The other operators are the reference's (plain tensor ops already). Forward only.
 """
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from mmvmamba.ops import cross_merge, cross_scan
+from .reference import cross_merge, cross_scan, layer_norm
 
-from .scan_hooks import wrap_scan_ops
+__all__ = ['MAX_LOG2_LENGTH', 'cross_merge', 'cross_scan', 'cross_selective_scan', 'layer_norm', 'linear_recurrence',
+           'selective_scan']
 
 ROUTES = 4
 MAX_LOG2_LENGTH = 18  # sequences of up to 2**18 steps: inputs up to 2048 x 2048 (stage 0 has stride 4)
@@ -80,21 +79,6 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     batch, channels, height, width = x.shape
     if delta_weight is not None:
         delta = torch.einsum('bkrhw,kcr->bkchw', delta, delta_weight.to(delta.dtype))
-    y = selective_scan(cross_scan(x, backend='reference').flatten(1, 2),
-                       cross_scan(delta, backend='reference').flatten(1, 2), A, cross_scan(B, backend='reference'),
-                       cross_scan(C, backend='reference'), D, delta_bias, delta_softplus,
-                       float32_output=float32_output, max_log2_length=max_log2_length)
-    return cross_merge(y.view(batch, ROUTES, channels, height, width), backend='reference')
-
-
-_EXPORT_OPS = {'selective_scan': selective_scan, 'cross_selective_scan': cross_selective_scan}
-
-
-def export_friendly_scans(max_log2_length: int = MAX_LOG2_LENGTH) -> contextlib.AbstractContextManager:
-    """Within this context the public scan ops run the export-friendly scans of this module."""
-    def wrap(op: str, fn: Callable) -> Callable:
-        def scan(*args):
-            return _EXPORT_OPS[op](*args, max_log2_length=max_log2_length)
-        return scan
-
-    return wrap_scan_ops(wrap)
+    y = selective_scan(cross_scan(x).flatten(1, 2), cross_scan(delta).flatten(1, 2), A, cross_scan(B), cross_scan(C),
+                       D, delta_bias, delta_softplus, float32_output=float32_output, max_log2_length=max_log2_length)
+    return cross_merge(y.view(batch, ROUTES, channels, height, width))

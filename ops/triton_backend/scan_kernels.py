@@ -1,4 +1,4 @@
-"""Triton kernels: route gathers for cross-scan/merge, and the chunked selective scan (forward and backward).
+"""Triton kernels of the chunked selective scan (forward and backward), unfused and fused with the cross-scan.
 
 Scan layout. A *row* is one (batch, route k, block of BC channels); the unfused selective scan is the special case
 "one route per channel group, identity order". A program walks a *segment* of a row, carrying the state in
@@ -7,7 +7,7 @@ registers:
     h_t = a_t * h_{t-1} + b_t,   a_t = exp(dt_t * A),  b_t = dt_t * B_t * u_t,  y_t = <C_t, h_t> + D * u_t
 
 Every thread owns whole channels (and states) of the block, so the recurrence runs step by step in registers: a
-chunk's T steps are unrolled, their loads issued together (and, with PF, one chunk or round ahead), then the T
+chunk's T steps are unrolled, their loads issued together (one chunk or round ahead), then the T
 updates follow. Each step reads BC consecutive channels of one image position, which the routes give as a row-major
 index ``p`` stepping by +-1 (rows) or +-W (columns, wrapping to the next column). The backward takes a segment chunk
 by chunk, one warp a row. The forward takes it in *rounds* of S consecutive chunks, one a warp: each chunk runs on
@@ -174,24 +174,17 @@ def _chain_segment(flag_ptr, status_ptr, row, s, n_seg, agg_a, agg_b, offs, REVE
 
 
 @triton.jit
-def _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB):
+def _ticket(flag_ptr, n_routes, n_seg):
     """This program's (batch, route, channel block, segment), from an atomic ticket.
 
-    Tickets run over blocks of GB (batch, channel block) groups; inside a block, segment by segment over the block's
-    groups, routes fastest. GB = 1 keeps a group's four routes and all its segments in flight together (their shared
-    input and merged output can stay in L2); a larger GB spaces the segments of a row further apart, so that a
-    segment's predecessor is usually finished when it looks back.
+    Tickets run group by group ((batch, channel block) groups), inside a group segment by segment, routes fastest:
+    a group's four routes and all its segments are in flight together, so that their shared input and merged output
+    can stay in L2.
     """
     n_flags = tl.num_programs(0)
     ticket = tl.atomic_add(flag_ptr + n_flags, 1, sem='relaxed')
-    n_groups = n_flags // (n_routes * n_seg)
-    k = ticket % n_routes
     rest = ticket // n_routes
-    block = rest // (n_seg * GB)
-    within = rest - block * (n_seg * GB)
-    gb = tl.minimum(GB, n_groups - block * GB)
-    group = block * GB + within % gb
-    return group // n_cblk, k, group % n_cblk, within // gb
+    return rest // n_seg, ticket % n_routes, rest % n_seg
 
 
 @triton.jit
@@ -272,13 +265,15 @@ def _step_terms(u, delta, Bt, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.cons
 
 @triton.jit
 def _program_setup(flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg,
-                   GB, REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, NP: tl.constexpr,
+                   REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, NP: tl.constexpr,
                    BC: tl.constexpr):
     """This program's work (segments numbered from the row's end when REVERSE) and per-channel parameters: batch
     (int64), route (int32, int64), segment, row, channel and state indices and masks, the channels' index among the
     routes' channels, A (NP, BC), delta_bias and D (BC,) in float32, the (NP, BC) state offsets, the segment's chunks
     [first, end)."""
-    b, k, cbk, s = _ticket(flag_ptr, n_routes, n_cblk, n_seg, GB)
+    group, k, s = _ticket(flag_ptr, n_routes, n_seg)
+    b = group // n_cblk
+    cbk = group % n_cblk
     if REVERSE:
         s = n_seg - 1 - s
     row = (b * n_routes + k) * n_cblk + cbk
@@ -299,7 +294,7 @@ def _program_setup(flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes
 # Sizes and strides vary with the model's stage, image size and projection width; specialising on them (value 1,
 # divisibility by 16) would compile the long unrolled kernels once per stage. Only the channel strides (1 in the
 # model's channel-last layouts) are specialised.
-_SIZES = ['L', 'H', 'W', 'n_state', 'channels', 'n_routes', 'n_cblk', 'n_chunks', 'n_seg', 'GB']
+_SIZES = ['L', 'H', 'W', 'n_state', 'channels', 'n_routes', 'n_cblk', 'n_chunks', 'n_seg']
 _STRIDES_FWD = ['s_ub', 's_uk', 's_up', 's_db', 's_dk', 's_dp', 's_Bb', 's_Bk', 's_Bn', 's_Bp', 's_Cb', 's_Ck', 's_Cn',
                 's_Cp', 's_yb', 's_yk', 's_yp']
 _STRIDES_BWD = _STRIDES_FWD[:-3] + ['s_gb', 's_gk', 's_gp', 's_dub', 's_duk', 's_dup', 's_ddb', 's_ddk', 's_ddp',
@@ -457,12 +452,21 @@ def _wait_group_output(group_flag):
 
 @triton.jit(do_not_specialize=_SIZES + ['seg_rounds'] + _STRIDES_FWD)
 def scan_fwd_kernel(
-        u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, states_ptr, status_ptr, flag_ptr,
-        L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_rounds, n_seg, GB,
-        s_ub, s_uk, s_uc, s_up, s_db, s_dk, s_dc, s_dp, s_Bb, s_Bk, s_Bn, s_Bp, s_Cb, s_Ck, s_Cn, s_Cp,
-        s_yb, s_yk, s_yc, s_yp,
+        # operands: pointer, then strides along (batch, route, channel or state, image position)
+        u_ptr, s_ub, s_uk, s_uc, s_up,
+        dl_ptr, s_db, s_dk, s_dc, s_dp,
+        B_ptr, s_Bb, s_Bk, s_Bn, s_Bp,
+        C_ptr, s_Cb, s_Ck, s_Cn, s_Cp,
+        y_ptr, s_yb, s_yk, s_yc, s_yp,
+        # per-channel parameters (contiguous)
+        A_ptr, D_ptr, bias_ptr,
+        # work buffers: chunk states, segment status, look-back flags and ticket counter
+        states_ptr, status_ptr, flag_ptr,
+        # sizes
+        L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_rounds, n_seg,
+        # meta-parameters
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        T: tl.constexpr, S: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, PF: tl.constexpr,
+        T: tl.constexpr, S: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr,
         SAVE_STATES: tl.constexpr, EVEN: tl.constexpr, SHARED_POS: tl.constexpr, ZERO_Y: tl.constexpr):
     """Forward over one segment (seg_rounds rounds) of one row, the state carried between rounds.
 
@@ -485,7 +489,7 @@ def scan_fwd_kernel(
         s_Cp = s_Bp
     n_rounds = (n_chunks + S - 1) // S
     b64, k, k64, s, row, c, n, mc, mn, ch, A, bias, D, offs, first, end = _program_setup(
-        flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_rounds, seg_rounds, n_seg, GB,
+        flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_rounds, seg_rounds, n_seg,
         False, HAS_D, HAS_BIAS, NP, BC)
     A2 = A * _LOG2E
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
@@ -510,16 +514,12 @@ def scan_fwd_kernel(
         for r in range(first, full_end):
             us, ds, bs, _, _ = nxt
             r_next = tl.minimum(r + 1, full_end - 1)  # past the whole rounds: this one again (no masks needed)
-            if PF:
-                nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up,
-                                   s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, False, EVEN, CROSS, S, T)
+            nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up,
+                               s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, False, EVEN, CROSS, S, T)
             _, _, _, pa, hb = _round_local(us, ds, bs, r, L, A2, bias, HAS_BIAS, SOFTPLUS, False, S, T)
             ra, rb = _round_aggregate(pa, hb, S)
             agg_b = ra * agg_b + rb
             agg_a = ra * agg_a
-            if not PF:
-                nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up,
-                                   s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, False, EVEN, CROSS, S, T)
         if full_end < end:
             us, ds, bs, _, _ = _round_loads(u_base, dl_base, B_base, C_base, k, full_end, L, H, W, c, n, mc, mn, s_uc,
                                             s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, False, EVEN, CROSS,
@@ -541,17 +541,13 @@ def scan_fwd_kernel(
     for r in range(first, full_end):
         us, ds, bs, cs, ys = nxt
         r_next = tl.minimum(r + 1, full_end - 1)
-        if PF:
-            nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, True, EVEN, CROSS, S, T)
+        nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                           s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, True, EVEN, CROSS, S, T)
         decays, inputs, u32, pa, hb = _round_local(us, ds, bs, r, L, A2, bias, HAS_BIAS, SOFTPLUS, False, S, T)
         h_in, h = _round_states(h, pa, hb, S)
         if SAVE_STATES:
             tl.store(row_states + r * S * NP * BC + chunk_offs, h_in)
         _round_outputs(h_in, decays, inputs, u32, cs, ys, r, L, D, y_base, c, mc, s_yc, False, EVEN, CROSS, S, T)
-        if not PF:
-            nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, True, EVEN, CROSS, S, T)
     if full_end < end:
         us, ds, bs, cs, ys = _round_loads(u_base, dl_base, B_base, C_base, k, full_end, L, H, W, c, n, mc, mn, s_uc,
                                           s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, True, EVEN, CROSS, S,
@@ -578,14 +574,25 @@ def _decay_at(dl_base, k, t, L, H, W, c, mc, s_dc, s_dp, A, bias, HAS_BIAS: tl.c
 
 @triton.jit(do_not_specialize=_SIZES + ['seg_chunks'] + _STRIDES_BWD)
 def scan_bwd_kernel(
-        u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, gy_ptr, states_ptr, status_ptr, flag_ptr,
-        du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-        L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
-        s_ub, s_uk, s_uc, s_up, s_db, s_dk, s_dc, s_dp, s_Bb, s_Bk, s_Bn, s_Bp, s_Cb, s_Ck, s_Cn, s_Cp,
-        s_gb, s_gk, s_gc, s_gp, s_dub, s_duk, s_duc, s_dup, s_ddb, s_ddk, s_ddc, s_ddp,
-        s_dBb, s_dBk, s_dBn, s_dBp, s_dCb, s_dCk, s_dCn, s_dCp,
+        # operands and their gradients: pointer, then strides along (batch, route, channel or state, position)
+        u_ptr, s_ub, s_uk, s_uc, s_up,
+        dl_ptr, s_db, s_dk, s_dc, s_dp,
+        B_ptr, s_Bb, s_Bk, s_Bn, s_Bp,
+        C_ptr, s_Cb, s_Ck, s_Cn, s_Cp,
+        gy_ptr, s_gb, s_gk, s_gc, s_gp,
+        du_ptr, s_dub, s_duk, s_duc, s_dup,
+        ddl_ptr, s_ddb, s_ddk, s_ddc, s_ddp,
+        dB_ptr, s_dBb, s_dBk, s_dBn, s_dBp,
+        dC_ptr, s_dCb, s_dCk, s_dCn, s_dCp,
+        # per-channel parameters and their float32 gradients (contiguous)
+        A_ptr, D_ptr, bias_ptr, dA_ptr, dD_ptr, dbias_ptr,
+        # work buffers: the forward's chunk states, segment status, look-back flags and ticket counter
+        states_ptr, status_ptr, flag_ptr,
+        # sizes
+        L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg,
+        # meta-parameters
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        T: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, PF: tl.constexpr):
+        T: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr):
     """Backward over one segment of one row, chunks taken from its end, the adjoint carried between chunks.
     With dlog = d loss / d(dt * A):
 
@@ -598,7 +605,7 @@ def scan_bwd_kernel(
     routes share the input (CROSS); dA, dB, dC, dD and d bias always are.
     """
     b64, k, k64, s, row, c, n, mc, mn, ch, A, bias, D, offs, first, end = _program_setup(
-        flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg, GB,
+        flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg,
         True, HAS_D, HAS_BIAS, NP, BC)
     mnc = mn[:, None] & mc[None, :]
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
@@ -644,10 +651,9 @@ def scan_bwd_kernel(
         us, ds, bs, cs = nxt
         gys = nxt_gy
         t_prev = tl.where(ci > first, t0 - T, n_chunks * T)  # before the segment: past L, which loads nothing
-        if PF:
-            nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, CROSS, T)
-            nxt_gy = _operand_steps(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
+        nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
+                           s_dp, s_Bn, s_Bp, s_Cn, s_Cp, CROSS, T)
+        nxt_gy = _operand_steps(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
         # the chunk's states, recomputed forward from the state saved at its start
         h = tl.load(row_states + ci * NP * BC + offs)
         hs = (h,)
@@ -693,49 +699,8 @@ def scan_bwd_kernel(
             else:
                 tl.store(du_base + p * s_dup + c * s_duc, du.to(du_ptr.dtype.element_ty), mask=valid & mc)
             p = tl.where(valid, _next_position(p, -dp, -wrap, L, CROSS), p)
-        if not PF:
-            nxt = _chunk_loads(u_base, dl_base, B_base, C_base, k, t_prev, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                               s_dp, s_Bn, s_Bp, s_Cn, s_Cp, CROSS, T)
-            nxt_gy = _operand_steps(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
     tl.atomic_add(dA_ptr + ch[None, :] * n_state + n[:, None], acc_dA, mask=mnc, sem='relaxed')
     if HAS_D:
         tl.atomic_add(dD_ptr + ch, acc_dD, mask=mc, sem='relaxed')
     if HAS_BIAS:
         tl.atomic_add(dbias_ptr + ch, acc_dbias, mask=mc, sem='relaxed')
-
-
-@triton.jit(do_not_specialize=['L', 'H', 'W', 'channels'])
-def route_gather_kernel(src_ptr, dst_ptr, L, H, W, channels,
-                        s_sb, s_sk, s_sc, s_sh, s_sw, s_db, s_dk, s_dc,
-                        INVERSE: tl.constexpr, SUM: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """dst[b, k, c, i] = src[b, k, c, j_k(i)] (or the sum over k when SUM), with src's (H, W) read row-major.
-
-    Forward map (cross-scan): j_k(i) = image position of step i of route k. Inverse map (cross-merge): j_k(i) = step
-    of route k that visits image position i.
-    """
-    pid_bk = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    i = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask = (c < channels)[:, None] & (i < L)[None, :]
-    if SUM:
-        b = pid_bk.to(tl.int64)
-        k_first, k_last = 0, 4
-    else:
-        b = (pid_bk // 4).to(tl.int64)
-        k_first = pid_bk % 4
-        k_last = k_first + 1
-    acc = tl.zeros((BLOCK_C, BLOCK_L), tl.float32)
-    for k in range(k_first, k_last):
-        if INVERSE:
-            base = tl.where(k % 2 == 1, (i % W) * H + i // W, i)
-            j = tl.where(k >= 2, L - 1 - base, base)
-        else:
-            tt = tl.where(k >= 2, L - 1 - i, i)
-            j = tl.where(k % 2 == 1, (tt % H) * W + tt // H, tt)
-        src = src_ptr + b * s_sb + k * s_sk + c[:, None] * s_sc + ((j // W) * s_sh + (j % W) * s_sw)[None, :]
-        acc += tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    if SUM:
-        dst = dst_ptr + b * s_db + c[:, None] * s_dc + i[None, :]
-    else:
-        dst = dst_ptr + b * s_db + k_first * s_dk + c[:, None] * s_dc + i[None, :]
-    tl.store(dst, acc.to(dst_ptr.dtype.element_ty), mask=mask)

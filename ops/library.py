@@ -1,0 +1,315 @@
+"""The operators' forward and backward as pairs that run either as PyTorch custom operators (``torch.library``), for
+``torch.compile`` and tracing, or as a plain ``autograd.Function``, in eager mode.
+
+Each pair takes the backend's name as an argument (:mod:`.dispatch` chooses it); its forward returns what its
+backward needs (the Triton scans' chunk states; nothing for the reference, which recomputes) as an extra output.
+:func:`run` picks the way: under ``torch.compile``, a JIT trace or a dispatch mode the custom operators, which the
+compiler keeps whole in its graph (with fake implementations for shapes and strides), a trace records as one node and
+a mode sees with their arguments; otherwise the
+same functions through an ``autograd.Function``, because a custom operator's Python dispatch costs several times a
+kernel launch on the host, paid a few hundred times a training step; and without autograd, the forward alone. The
+Triton backend's fake implementations run its own Python code with no kernel launched (its ``layout_only``), so they
+cannot disagree with it; the reference's layouts are simple and written here. Optional tensor results (the gradients
+of an absent D, delta_bias or delta_weight) come back as empty tensors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from . import dispatch, reference
+
+# the operators' namespace: mmvmamba, or that of this package imported under another name (the repository's ops/
+# alone, or another checkout's beside this one), so that two copies never register the same operator
+NAMESPACE = 'mmvmamba' if __package__ == 'mmvmamba.ops' else __package__.replace('.', '_')
+SCAN_BACKENDS = ('reference', 'triton', 'shapes')  # the backends whose scans run as these pairs
+_NONE = (0,)  # the shape of an absent optional result
+
+
+def _module(backend: str):
+    return dispatch.module(backend)
+
+
+def _fake_run(backend: str, fn: str, *args):
+    """The backend's ``fn`` run for layouts only: allocations as in a real run, no kernel started."""
+    module = _module(backend)
+    with module.layout_only():
+        return getattr(module, fn)(*args)
+
+
+def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(_NONE) if t is None else t
+
+
+def _or_none(t: Tensor, present: bool) -> Tensor | None:
+    return t if present else None
+
+
+@dataclasses.dataclass
+class Pair:
+    """An operator's forward and backward: the custom operators, and the plain functions behind them.
+
+    ``setup(ctx, inputs, output)`` saves what the backward needs; ``grads(ctx, backward, *output_grads)`` returns the
+    inputs' gradients, calling ``backward`` (the custom backward operator, or its plain function).
+    """
+    forward: Callable
+    backward: Callable
+    setup: Callable
+    grads: Callable
+    op: object = None
+    backward_op: object = None
+
+    def register(self, name: str, forward_fake: Callable, backward_fake: Callable) -> None:
+        """Make the custom operators ``NAMESPACE::name`` and ``NAMESPACE::name_backward``, with autograd."""
+        self.op = torch.library.custom_op(f'{NAMESPACE}::{name}', mutates_args=())(self.forward)
+        self.backward_op = torch.library.custom_op(f'{NAMESPACE}::{name}_backward', mutates_args=())(self.backward)
+        self.op.register_fake(forward_fake)
+        self.backward_op.register_fake(backward_fake)
+        self.op.register_autograd(lambda ctx, *grads: self.grads(ctx, self.backward_op, *grads),
+                                  setup_context=self.setup)
+
+
+class _Eager(torch.autograd.Function):
+    """A :class:`Pair` as a plain autograd function (the eager path)."""
+
+    @staticmethod
+    def forward(ctx, pair: Pair, *inputs):
+        output = pair.forward(*inputs)
+        pair.setup(ctx, inputs, output)
+        ctx.pair = pair
+        if isinstance(output, tuple):
+            ctx.mark_non_differentiable(*output[1:])
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return None, *ctx.pair.grads(ctx, ctx.pair.backward, *grads)
+
+
+def run(pair: Pair, needs_grad: bool, *inputs):
+    """``pair``'s forward on ``inputs``: the custom operator under ``torch.compile``, a JIT trace or a dispatch mode
+    (tools that watch the operators), else the plain forward, through an autograd function when ``needs_grad``."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None:
+        return pair.op(*inputs)
+    if needs_grad:
+        return _Eager.apply(pair, *inputs)
+    return pair.forward(*inputs)
+
+
+# --- selective scan -------------------------------------------------------------------------------------------------
+
+def _selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                    delta_bias: Tensor | None, delta_softplus: bool, float32_output: bool, save_states: bool,
+                    backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """y, the last state and the backward's residual."""
+    if backend == 'shapes':
+        return tuple(t.zero_() for t in _selective_scan_fake(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                                             float32_output, save_states, 'reference'))
+    if backend == 'reference':
+        y, last = reference.selective_scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output)
+        return y, last, u.new_empty(_NONE)
+    return _module(backend).selective_scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output,
+                                                   save_states)
+
+
+def _selective_scan_fake(u, delta, A, B, C, D, delta_bias, delta_softplus, float32_output, save_states, backend):
+    if backend in ('reference', 'shapes'):
+        wide = reference._compute_dtype(u, delta, A, B, C)
+        return (u.new_empty(u.shape, dtype=wide if float32_output else u.dtype),
+                u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=wide), u.new_empty(_NONE))
+    return _fake_run(backend, 'selective_scan_forward', u, delta, A, B, C, D, delta_bias, delta_softplus,
+                     float32_output, save_states)
+
+
+def _selective_scan_backward(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                             D: Tensor | None, delta_bias: Tensor | None, residual: Tensor, delta_softplus: bool,
+                             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if backend == 'reference':
+        grads = reference.selective_scan_backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus)
+    else:
+        grads = _module(backend).selective_scan_backward(grad_y, u, delta, A, B, C, D, delta_bias, residual,
+                                                         delta_softplus)
+    return tuple(_or_empty(g, u) for g in grads)
+
+
+def _selective_scan_backward_fake(grad_y, u, delta, A, B, C, D, delta_bias, residual, delta_softplus, backend):
+    if backend == 'reference':
+        grads = tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                      for t in (u, delta, A, B, C, D, delta_bias))
+    else:
+        grads = _fake_run(backend, 'selective_scan_backward', grad_y, u, delta, A, B, C, D, delta_bias, residual,
+                          delta_softplus)
+    return tuple(_or_empty(g, u) for g in grads)
+
+
+def _selective_scan_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, delta_softplus, _, _, backend = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[2])
+    ctx.delta_softplus, ctx.backend = delta_softplus, backend
+    ctx.has_d, ctx.has_bias = D is not None, delta_bias is not None
+
+
+def _selective_scan_grads(ctx, backward, grad_y, grad_last, grad_residual):
+    du, ddelta, dA, dB, dC, dD, dbias = backward(grad_y, *ctx.saved_tensors, ctx.delta_softplus, ctx.backend)
+    return (du, ddelta, dA, dB, dC, _or_none(dD, ctx.has_d), _or_none(dbias, ctx.has_bias), None, None, None, None)
+
+
+selective_scan = Pair(_selective_scan, _selective_scan_backward, _selective_scan_setup, _selective_scan_grads)
+selective_scan.register('selective_scan', _selective_scan_fake, _selective_scan_backward_fake)
+
+
+# --- fused cross selective scan -------------------------------------------------------------------------------------
+
+def _merged_output(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, C, L) as a transposed view of a channel-last (B, L, C) buffer, the fused op's output layout."""
+    batch, channels, height, width = x.shape
+    return x.new_empty((batch, height * width, channels), dtype=dtype).transpose(1, 2)
+
+
+def _cross_selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                          delta_bias: Tensor | None, delta_weight: Tensor | None, delta_softplus: bool,
+                          float32_output: bool, save_states: bool, backend: str) -> tuple[Tensor, Tensor]:
+    """The merged output (B, C, L) and the backward's residual."""
+    if backend == 'shapes':
+        return tuple(t.zero_() for t in _cross_selective_scan_fake(x, delta, A, B, C, D, delta_bias, delta_weight,
+                                                                   delta_softplus, float32_output, save_states,
+                                                                   'reference'))
+    if backend == 'reference':
+        out = reference.cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus,
+                                                     float32_output)
+        return out, x.new_empty(_NONE)
+    return _module(backend).cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight,
+                                                         delta_softplus, float32_output, save_states)
+
+
+def _cross_selective_scan_fake(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, float32_output,
+                               save_states, backend):
+    if backend in ('reference', 'shapes'):
+        wide = reference._compute_dtype(x, delta, A, B, C)
+        return _merged_output(x, wide if float32_output else x.dtype), x.new_empty(_NONE)
+    return _fake_run(backend, 'cross_selective_scan_forward', x, delta, A, B, C, D, delta_bias, delta_weight,
+                     delta_softplus, float32_output, save_states)
+
+
+def _cross_selective_scan_backward(grad_out: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                                   D: Tensor | None, delta_bias: Tensor | None, delta_weight: Tensor | None,
+                                   residual: Tensor, delta_softplus: bool, backend: str
+                                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if backend == 'reference':
+        grads = reference.cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight,
+                                                        delta_softplus)
+    else:
+        grads = _module(backend).cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias,
+                                                               delta_weight, residual, delta_softplus)
+    return tuple(_or_empty(g, x) for g in grads)
+
+
+def _cross_selective_scan_backward_fake(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight, residual,
+                                        delta_softplus, backend):
+    if backend == 'reference':
+        grads = tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                      for t in (x, delta, A, B, C, D, delta_bias, delta_weight))
+    else:
+        grads = _fake_run(backend, 'cross_selective_scan_backward', grad_out, x, delta, A, B, C, D, delta_bias,
+                          delta_weight, residual, delta_softplus)
+    return tuple(_or_empty(g, x) for g in grads)
+
+
+def _cross_setup(ctx, inputs, output):
+    x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, _, _, backend = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, delta_weight, output[1])
+    ctx.delta_softplus, ctx.backend = delta_softplus, backend
+    ctx.present = tuple(t is not None for t in (D, delta_bias, delta_weight))
+
+
+def _cross_grads(ctx, backward, grad_out, grad_residual):
+    grads = backward(grad_out, *ctx.saved_tensors, ctx.delta_softplus, ctx.backend)
+    optional = tuple(_or_none(g, present) for g, present in zip(grads[5:], ctx.present, strict=True))
+    return (*grads[:5], *optional, None, None, None, None)
+
+
+cross_selective_scan = Pair(_cross_selective_scan, _cross_selective_scan_backward, _cross_setup, _cross_grads)
+cross_selective_scan.register('cross_selective_scan', _cross_selective_scan_fake,
+                              _cross_selective_scan_backward_fake)
+
+
+# --- cross-scan and cross-merge -------------------------------------------------------------------------------------
+
+def _cross_scan(x: Tensor, backend: str) -> Tensor:
+    return _module(backend).cross_scan_forward(x)
+
+
+def _cross_scan_backward(grad: Tensor, per_route: bool, height: int, width: int, backend: str) -> Tensor:
+    return _module(backend).cross_scan_backward(grad, per_route, height, width)
+
+
+def _cross_scan_setup(ctx, inputs, output):
+    x, backend = inputs
+    ctx.per_route, ctx.hw, ctx.backend = x.dim() == 5, tuple(x.shape[-2:]), backend
+
+
+def _cross_scan_grads(ctx, backward, grad):
+    return backward(grad, ctx.per_route, *ctx.hw, ctx.backend), None
+
+
+cross_scan = Pair(_cross_scan, _cross_scan_backward, _cross_scan_setup, _cross_scan_grads)
+cross_scan.register('cross_scan', lambda x, backend: _fake_run(backend, 'cross_scan_forward', x),
+                    lambda grad, per_route, height, width, backend: _fake_run(
+                        backend, 'cross_scan_backward', grad, per_route, height, width))
+
+
+def _cross_merge(y: Tensor, backend: str) -> Tensor:
+    return _module(backend).cross_merge_forward(y)
+
+
+def _cross_merge_backward(grad: Tensor, height: int, width: int, backend: str) -> Tensor:
+    return _module(backend).cross_merge_backward(grad, height, width)
+
+
+def _cross_merge_setup(ctx, inputs, output):
+    y, backend = inputs
+    ctx.hw, ctx.backend = tuple(y.shape[-2:]), backend
+
+
+def _cross_merge_grads(ctx, backward, grad):
+    return backward(grad, *ctx.hw, ctx.backend), None
+
+
+cross_merge = Pair(_cross_merge, _cross_merge_backward, _cross_merge_setup, _cross_merge_grads)
+cross_merge.register('cross_merge', lambda y, backend: _fake_run(backend, 'cross_merge_forward', y),
+                     lambda grad, height, width, backend: _fake_run(
+                         backend, 'cross_merge_backward', grad, height, width))
+
+
+# --- LayerNorm ------------------------------------------------------------------------------------------------------
+
+def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype,
+                backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """y and the rows' float32 mean and 1/std (the backward's)."""
+    return _module(backend).layer_norm_forward(x, weight, bias, eps, out_dtype)
+
+
+def _layer_norm_backward(grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
+                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _module(backend).layer_norm_backward(grad, x, weight, mean, rstd)
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, _, _, _, backend = inputs
+    ctx.save_for_backward(x, weight, output[1], output[2])
+    ctx.backend = backend
+
+
+def _layer_norm_grads(ctx, backward, grad, grad_mean, grad_rstd):
+    return (*backward(grad, *ctx.saved_tensors, ctx.backend), None, None, None)
+
+
+layer_norm = Pair(_layer_norm, _layer_norm_backward, _layer_norm_setup, _layer_norm_grads)
+layer_norm.register('layer_norm', lambda x, weight, bias, eps, out_dtype, backend: _fake_run(
+    backend, 'layer_norm_forward', x, weight, bias, eps, out_dtype),
+                    lambda grad, x, weight, mean, rstd, backend: _fake_run(
+                        backend, 'layer_norm_backward', grad, x, weight, mean, rstd))

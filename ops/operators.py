@@ -1,0 +1,105 @@
+"""The public operators: each checks its inputs, asks :mod:`.dispatch` for a backend and runs it.
+
+The Triton backend and the reference (and 'shapes') scans run as the forward/backward pairs of :mod:`.library`
+(custom operators under ``torch.compile``, which keeps them whole in its graph); the reference's layout ops and
+LayerNorm, the export backend and mamba_ssm run as plain Python
+(traceable tensor ops, or mamba_ssm's own autograd function). Under ``torch.compile`` a LayerNorm that names no
+backend is the reference's, which the compiler generates and fuses with the elementwise work around it.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import dispatch, library, reference
+
+ROUTES = 4
+
+
+def _python(backend: str):
+    """The module of a backend whose ops run as plain Python (the reference's is imported already: no import under
+    ``torch.compile``)."""
+    return reference if backend == 'reference' else dispatch.module(backend)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def cross_scan(x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 4, C, H*W): row-major, column-major and both reversed; a (B, 4, C, H, W) input gives
+    each route its own map."""
+    if not (x.dim() == 4 or (x.dim() == 5 and x.shape[1] == ROUTES)):
+        raise ValueError(f'cross_scan expects (B, C, H, W) or (B, 4, C, H, W), got shape {tuple(x.shape)}')
+    name = dispatch.resolve('cross_scan', x, backend)
+    if name == 'triton':
+        return library.run(library.cross_scan, _needs_grad(x), x, name)
+    return _python(name).cross_scan(x)
+
+
+def cross_merge(y: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """(B, 4, C, H, W) -> (B, C, H*W): the adjoint of :func:`cross_scan` (undo each route and sum)."""
+    if y.dim() != 5 or y.shape[1] != ROUTES:
+        raise ValueError(f'cross_merge expects (B, 4, C, H, W), got shape {tuple(y.shape)}')
+    name = dispatch.resolve('cross_merge', y, backend)
+    if name == 'triton':
+        return library.run(library.cross_merge, _needs_grad(y), y, name)
+    return _python(name).cross_merge(y)
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
+                   return_last_state: bool = False, float32_output: bool = True, backend: str | None = None):
+    """Selective scan (Mamba's S6) with grouped B/C; semantics in :func:`mmvmamba.ops.reference.selective_scan`.
+
+    u, delta: (batch, channels, L); A: (channels, N); B, C: (batch, groups, N, L); D, delta_bias: (channels,).
+    Returns y (batch, channels, L) (float32, or u's dtype when ``float32_output`` is False) and, when asked, the
+    last state (batch, channels, N).
+    """
+    reference._check_scan_inputs(u, delta, A, B, C, D, delta_bias)
+    name = dispatch.resolve('selective_scan', u, backend)
+    if name in library.SCAN_BACKENDS:
+        grad = _needs_grad(u, delta, A, B, C, D, delta_bias)
+        y, last, _ = library.run(library.selective_scan, grad, u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                 float32_output, grad, name)
+        return (y, last) if return_last_state else y
+    return _python(name).selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, return_last_state,
+                                                float32_output, **dispatch.options())
+
+
+def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                         D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
+                         delta_softplus: bool = True, float32_output: bool = True,
+                         delta_weight: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+    """Fused cross_scan -> selective_scan -> cross_merge on a (B, C, H, W) map; returns (B, C, H*W), a transposed view
+    of a channel-last (B, H*W, C) buffer.
+
+    delta: (B, 4, C, H, W) and B, C: (B, 4, N, H, W) are per route, in image coordinates; A: (4*C, N);
+    D, delta_bias: (4*C,). With ``delta_weight`` (4, C, R), delta is the rank-R (B, 4, R, H, W) input of that
+    projection (VMamba's dt_proj), which the fast backend applies without keeping the expanded delta. The fast
+    backend applies the routes inside its loads and stores.
+    """
+    reference._check_cross_inputs(x, delta, A, B, C, D, delta_bias, delta_weight)
+    name = dispatch.resolve('cross_selective_scan', x, backend)
+    if name in library.SCAN_BACKENDS:
+        grad = _needs_grad(x, delta, A, B, C, D, delta_bias, delta_weight)
+        return library.run(library.cross_selective_scan, grad, x, delta, A, B, C, D, delta_bias, delta_weight,
+                           delta_softplus, float32_output, grad, name)[0]
+    return _python(name).cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_softplus,
+                                                      float32_output, delta_weight, **dispatch.options())
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
+               out_dtype: torch.dtype | None = None, backend: str | None = None) -> torch.Tensor:
+    """LayerNorm over the last dim with float32 statistics, written in ``out_dtype`` (default: x's dtype).
+
+    VMamba's norms before a Linear: under autocast the output goes straight to the Linear's dtype, in one kernel on
+    CUDA instead of a float32 norm and a cast.
+    """
+    out_dtype = out_dtype or x.dtype
+    if backend is None and torch.compiler.is_compiling():
+        name = 'reference'
+    else:
+        name = dispatch.resolve('layer_norm', x, backend)
+    if name == 'triton':
+        return library.run(library.layer_norm, _needs_grad(x, weight, bias), x, weight, bias, eps, out_dtype, name)[0]
+    return _python(name).layer_norm(x, weight, bias, eps, out_dtype)

@@ -1,0 +1,124 @@
+"""cross_selective_scan on Triton: cross-scan -> selective scan -> cross-merge in one forward and one backward kernel.
+
+The routes are applied inside the kernels' loads and stores: x, delta, B and C are read in image coordinates (the
+model's channel-last views, no copies) and the four routes add into one float32 (B, L, C) output. Given delta as the
+rank-R input of dt_proj and its weight, the expanded delta is made by one batched matmul and not kept for the
+backward, which makes it again.
+"""
+from __future__ import annotations
+
+import torch
+
+from .scan import Geometry, Operand, launch_backward, launch_forward, new_parameter_grads, new_states, scan_config
+
+ROUTES = 4
+
+
+def _positions_flat(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy where its (H, W) dims do not merge into one position dim (the kernels address image
+    positions by their row-major index)."""
+    height, width = t.shape[-2:]
+    return t if height == 1 or width == 1 or t.stride(-2) == width * t.stride(-1) else t.contiguous()
+
+
+def _image_operand(t: torch.Tensor) -> Operand:
+    """(batch, C, H, W) shared by the routes (route stride 0), or (batch, 4, C|N, H, W) per route; its (H, W) dims
+    must merge (see :func:`_positions_flat`)."""
+    position = t.stride(-1) if t.shape[-1] > 1 else t.stride(-2)
+    return Operand(t, (t.stride(0), 0, t.stride(1), position) if t.dim() == 4 else (*t.stride()[:3], position))
+
+
+def _merged_operand(t: torch.Tensor) -> Operand:
+    """(batch, C, L) in image order, shared by the routes."""
+    return Operand(t, (t.stride(0), 0, t.stride(1), t.stride(2)))
+
+
+def _route_state_buffer(batch: int, n_state: int, height: int, width: int, device) -> torch.Tensor:
+    """float32 (batch, 4, N, H, W) zeros laid out as (batch, H, W, 4, N), the layout of the model's projections."""
+    return torch.zeros(batch, height, width, ROUTES, n_state, device=device, dtype=torch.float32).permute(0, 3, 4, 1, 2)
+
+
+def _geometry(x: torch.Tensor, A: torch.Tensor) -> tuple[Geometry, object]:
+    batch, channels, height, width = x.shape
+    geo = Geometry(batch, ROUTES, channels, A.shape[1], height, width, cross=True)
+    return geo, scan_config(geo.n_state, channels, geo.length, batch * ROUTES)
+
+
+def _aligned_rank(rank: int) -> int:
+    """Ranks padded to a multiple of 8, so the bf16/fp16 matmuls over them meet the tensor cores' 16-byte alignment
+    (at rank 6 or 12, cuBLAS falls back to kernels several times slower)."""
+    return -(-rank // 8) * 8
+
+
+def _low_rank_operands(delta: torch.Tensor, delta_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """delta (B, 4, R, H, W) as (4, B*H*W, R8) and delta_weight (4, C, R) as (4, C, R8), zero-padded, delta's dtype."""
+    batch, routes, rank, height, width = delta.shape
+    padded = _aligned_rank(rank)
+    low = delta.new_zeros(routes, batch, height, width, padded)
+    low[..., :rank] = delta.permute(1, 0, 3, 4, 2)
+    weight = delta_weight.new_zeros(routes, delta_weight.shape[1], padded, dtype=delta.dtype)
+    weight[..., :rank] = delta_weight
+    return low.view(routes, -1, padded), weight
+
+
+def _expand(low: torch.Tensor, weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The full delta (B, 4, C, H, W) from the padded operands, a view of a (4, B, H, W, C) buffer."""
+    batch, routes, _, height, width = shape
+    full = torch.bmm(low, weight.transpose(1, 2))
+    return full.view(routes, batch, height, width, -1).permute(1, 0, 4, 2, 3)
+
+
+def expand_low_rank_delta(delta: torch.Tensor, delta_weight: torch.Tensor) -> torch.Tensor:
+    """(B, 4, R, H, W) x (4, C, R) -> (B, 4, C, H, W) as one batched matmul over the routes, in delta's dtype.
+
+    The result is a view of a (4, B, H, W, C) buffer: per route a contiguous (positions, C) matrix, which the scan
+    reads channel-last and whose gradient comes back in the same layout for the transposed matmuls of the backward.
+    """
+    return _expand(*_low_rank_operands(delta, delta_weight), delta.shape)
+
+
+def cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus: bool,
+                                 float32_output: bool, save_states: bool):
+    """The output (B, C, L), a transposed view of a channel-last (B, L, C) float32 buffer (in x's dtype unless
+    ``float32_output``), and the chunk states (the backward's residual)."""
+    x, B, C = _positions_flat(x), _positions_flat(B), _positions_flat(C)
+    delta = _positions_flat(delta if delta_weight is None else expand_low_rank_delta(delta, delta_weight))
+    geo, cfg = _geometry(x, A)
+    A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
+    out = torch.empty(geo.batch, geo.length, geo.channels, device=x.device, dtype=torch.float32).transpose(1, 2)
+    states = new_states(geo, cfg, save_states, x.device)
+    operands = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
+                    y=_merged_operand(out))
+    launch_forward(geo, operands, A, D, delta_bias, delta_softplus, cfg, states)
+    return (out if float32_output else out.to(x.dtype)), states
+
+
+def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight, states,
+                                  delta_softplus: bool):
+    """Gradients of (x, delta, A, B, C, D, delta_bias, delta_weight), each in its input's dtype (None where the
+    input is absent); with ``delta_weight``, delta's is that of its rank-R input."""
+    x, B, C = _positions_flat(x), _positions_flat(B), _positions_flat(C)
+    if delta_weight is None:
+        full = _positions_flat(delta)
+    else:
+        low, weight = _low_rank_operands(delta, delta_weight)
+        full = _expand(low, weight, delta.shape)
+    geo, cfg = _geometry(x, A)
+    A_c, D_c, bias_c = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
+    dx = torch.zeros_like(x, dtype=torch.float32)
+    dfull = torch.empty_like(full)
+    dB = _route_state_buffer(geo.batch, geo.n_state, geo.height, geo.width, x.device)
+    dC = _route_state_buffer(geo.batch, geo.n_state, geo.height, geo.width, x.device)
+    operands = dict(u=_image_operand(x), delta=_image_operand(full), B=_image_operand(B), C=_image_operand(C),
+                    gy=_merged_operand(grad_out), du=_image_operand(dx), ddelta=_image_operand(dfull),
+                    dB=_image_operand(dB), dC=_image_operand(dC))
+    dA, dD, dbias = new_parameter_grads(A_c, D_c, bias_c)
+    launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, (dA, dD, dbias))
+    ddelta, dweight = dfull, None
+    if delta_weight is not None:
+        batch, routes, rank, height, width = delta.shape
+        dfull = dfull.permute(1, 0, 3, 4, 2).reshape(routes, -1, dfull.shape[2])
+        ddelta = torch.bmm(dfull, weight)[..., :rank].view(routes, batch, height, width, rank).permute(1, 0, 4, 2, 3)
+        dweight = torch.bmm(low.transpose(1, 2), dfull)[:, :rank].transpose(1, 2).to(delta_weight.dtype)
+    return (dx.to(x.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.to(D.dtype), None if delta_bias is None else dbias.to(delta_bias.dtype), dweight)
