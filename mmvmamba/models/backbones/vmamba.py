@@ -190,7 +190,8 @@ class SS2D(nn.Module):
         return self.out_proj(y)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """The selective-scan core on a (B, d_inner, H, W) map; returns channel-last float32 (B, H, W, d_inner).
+        """The selective-scan core on a (B, d_inner, H, W) map; returns channel-last (B, H, W, d_inner): float32, or
+        x's dtype under autocast (out_norm normalises in float32 either way, and keeps half the memory).
 
         The per-route projections act on positions only, so x_proj is one matmul for all four routes on the
         un-routed map, and each route reads its slice in its own order inside ``cross_selective_scan``, which also
@@ -202,6 +203,7 @@ class SS2D(nn.Module):
         dt_low, b, c = x_dbl.view(batch, height, width, ROUTES, r + 2 * n).permute(0, 3, 4, 1, 2).split([r, n, n], 2)
         y = cross_selective_scan(x, dt_low, -torch.exp(self.A_logs.float()), b, c, self.Ds.float(),
                                  self.dt_projs_bias.float().flatten(), delta_softplus=True,
+                                 float32_output=not torch.is_autocast_enabled(x.device.type),
                                  delta_weight=self.dt_projs_weight)
         return y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
 
