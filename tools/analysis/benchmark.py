@@ -5,6 +5,9 @@ CUDA-event timing on GPU (synchronised wall time on CPU), the median of repeats.
 
     # VMamba-T/S/B vs Swin-T/S/B and ConvNeXt-T, fp32 and bf16, inference and training, one H100:
     python tools/analysis/benchmark.py --arch tiny small base --compare --batch 128 --det
+    # the same compiled (torch.compile on every model), and each step captured in a CUDA graph:
+    python tools/analysis/benchmark.py --arch tiny --compare --batch 128 --compile
+    python tools/analysis/benchmark.py --arch tiny --compare --batch 128 --cuda-graph
     # single-image CPU forward of VMamba-T:
     python tools/analysis/benchmark.py --device cpu --batch 1 --arch tiny --mode infer --size 224
     # throughput and FLOPs against resolution (PNG):
@@ -51,6 +54,8 @@ class Result:
     seconds: float  # median time of one iteration
     peak_bytes: int | None
     reference: str | None = None  # the model this one is compared with
+    gpu_busy: float | None = None  # the step's GPU kernel time over its wall time (CUDA only)
+    spread: float = 0.0  # over rounds: slowest over fastest time, minus 1
 
     @property
     def throughput(self) -> float:
@@ -72,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, help='untimed iterations first (default: 10 on GPU, 1 on CPU)')
     parser.add_argument('--iters', type=int, help='iterations per timed repeat (default: 30 on GPU, 2 on CPU)')
     parser.add_argument('--repeats', type=int, default=3, help='timed repeats; the median is reported')
+    parser.add_argument('--compile', nargs='?', const='default', metavar='MODE',
+                        help='torch.compile every model (VMamba and the baselines alike) with this mode '
+                             '(default: "default"); the first steps compile and are not timed')
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='capture each step (forward, or forward + backward + AdamW) in a CUDA graph and time '
+                             'its replays (CUDA only)')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='measure every model this many times, in turns, and report medians')
     parser.add_argument('--compare', action='store_true',
                         help='also run the matching timm Swin (and ConvNeXt-T), printing ratios against Swin')
     parser.add_argument('--det', action='store_true',
@@ -89,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config and args.arch:
         parser.error('give a config file or --arch, not both')
+    if args.cuda_graph and not args.device.startswith('cuda'):
+        parser.error('--cuda-graph needs a CUDA device')
+    if args.cuda_graph and args.compile:
+        parser.error('give --compile or --cuda-graph, not both (a "reduce-overhead" compile uses CUDA graphs)')
     args.arch = args.arch or ([] if args.config else ['tiny'])
     gpu = args.device.startswith('cuda')
     args.batch = args.batch or (128 if gpu else 1)
@@ -183,41 +200,94 @@ def time_step(step: Callable[[], None], device: torch.device, warmup: int, iters
     return statistics.median(times), peak
 
 
+def kernel_seconds(step: Callable[[], None], device: torch.device, iters: int = 3) -> float:
+    """GPU kernel time of one call of ``step`` (the sum over its kernels, torch.profiler), the mean of ``iters``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize(device)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.device_time for e in kernels) / 1e6 / iters
+
+
+class Step:
+    """One benchmark setting of one model, built once and timed in as many rounds as asked: the step function
+    (eager, compiled, or a CUDA graph's replay), its parameter count and its resident memory (weights, gradients and
+    optimizer state, counted in its peak)."""
+
+    def __init__(self, model: nn.Module, size: tuple[int, int], batch: int, precision: str, mode: str,
+                 args: argparse.Namespace):
+        device = torch.device(args.device)
+        self.device = device
+        before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
+        model = Forward(model).to(device)
+        self.params = sum(p.numel() for p in model.parameters())
+        run = torch.compile(model, mode=args.compile) if args.compile else model
+        images = torch.randn(batch, 3, *size, device=device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+        if mode == 'infer':
+            model.eval()
+
+            def step() -> None:
+                with torch.no_grad(), autocast:
+                    run(images)
+        else:
+            model.train()
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                          capturable=args.cuda_graph)
+
+            def step() -> None:
+                optimizer.zero_grad(set_to_none=not args.cuda_graph)
+                with autocast:
+                    loss = loss_of(run(images))
+                loss.backward()
+                optimizer.step()
+        self.step = capture(step, device) if args.cuda_graph else step
+        for _ in range(args.warmup):  # compilation, autotuning and lazy state happen here, untimed
+            self.step()
+        self.resident = (torch.cuda.memory_allocated(device) - before) if device.type == 'cuda' else 0
+
+    def measure(self, args: argparse.Namespace) -> tuple[float, int | None, float | None]:
+        """(median seconds per step, peak bytes of this model's step: its resident memory plus what its steps
+        allocate, other models' resident memory excluded, GPU-busy fraction)."""
+        if self.device.type != 'cuda':
+            return time_step(self.step, self.device, 1, args.iters, args.repeats)[0], None, None
+        others = torch.cuda.memory_allocated(self.device) - self.resident
+        seconds, peak = time_step(self.step, self.device, 1, args.iters, args.repeats)
+        return seconds, peak - others, kernel_seconds(self.step, self.device) / seconds
+
+
+def capture(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``step`` captured in a CUDA graph after warm-up calls on a side stream; returns the graph's replay."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def benchmark(label: str, model: nn.Module, size: tuple[int, int], batch: int, precision: str, mode: str,
               args: argparse.Namespace, reference: str | None = None) -> Result:
-    device = torch.device(args.device)
-    model = Forward(model).to(device)
-    images = torch.randn(batch, 3, *size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
-    if mode == 'infer':
-        model.eval()
-
-        def step() -> None:
-            with torch.no_grad(), autocast:
-                model(images)
-    else:
-        model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = loss_of(model(images))
-            loss.backward()
-            optimizer.step()
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
-    seconds, peak = time_step(step, device, args.warmup, args.iters, args.repeats)
-    params = sum(p.numel() for p in model.parameters())
-    return Result(label, params, size, batch, precision, mode, seconds, peak, reference)
+    """One setting of one model, built and measured once (the sweep's way)."""
+    step = Step(model, size, batch, precision, mode, args)
+    seconds, peak, busy = step.measure(args)
+    return Result(label, step.params, size, batch, precision, mode, seconds, peak, reference, busy)
 
 
-def run_safely(fn: Callable[..., Result], *args, **kwargs) -> Result | None:
+def run_safely(fn: Callable, label: str, *args, **kwargs):
     """``fn(*args, **kwargs)``; running out of memory is a result (printed, skipped), not the end of the run."""
     try:
         return fn(*args, **kwargs)
     except torch.cuda.OutOfMemoryError:
-        print(f'{args[0]}: out of memory, skipped')
+        print(f'{label}: out of memory, skipped')
         torch.cuda.empty_cache()
         return None
 
@@ -232,13 +302,15 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def results_table(results: list[Result], title: str) -> str:
     by_key = {(r.model, r.size, r.precision, r.mode): r for r in results}
-    header = ['model', 'params', 'input', 'batch', 'prec', 'mode', 'img/s', 'ms/iter', 'peak GB', 'vs Swin']
+    header = ['model', 'params', 'input', 'batch', 'prec', 'mode', 'img/s', 'ms/iter', 'peak GB', 'GPU busy',
+              'spread', 'vs Swin']
     rows = []
     for r in sorted(results, key=lambda r: (r.mode, r.precision, r.size)):
         ref = by_key.get((r.reference, r.size, r.precision, r.mode)) if r.reference else None
         rows.append([r.model, f'{r.params / 1e6:.1f}M', f'{r.size[0]}x{r.size[1]}', str(r.batch), r.precision, r.mode,
                      f'{r.throughput:.1f}', f'{r.seconds * 1e3:.1f}',
                      '-' if r.peak_bytes is None else f'{r.peak_bytes / 2 ** 30:.2f}',
+                     '-' if r.gpu_busy is None else f'{r.gpu_busy:.2f}', f'{r.spread:.0%}',
                      f'{r.throughput / ref.throughput:.2f}x' if ref else '-'])
     return f'{title}\n{format_table(header, rows)}'
 
@@ -246,6 +318,8 @@ def results_table(results: list[Result], title: str) -> str:
 # --- runs -----------------------------------------------------------------------------------------------------------
 
 def main_runs(args: argparse.Namespace) -> list[Result]:
+    """Every model at every setting. Within a setting all models are built first, then measured in turns for
+    ``args.rounds`` rounds; each result is the median over the rounds, with the rounds' spread."""
     # (label, build(size), reference, per_size): timm's Swin is built for its input size (window masks)
     entries = [(label, lambda size, b=build: b(), swin if args.compare else None, False)
                for label, build, swin in vmamba_models(args)]
@@ -254,19 +328,38 @@ def main_runs(args: argparse.Namespace) -> list[Result]:
         entries += [(name, lambda size, n=name: timm_model(n, img_size=size), name, True) for name in swins]
         entries.append((CONVNEXT, lambda size: timm_model(CONVNEXT), SWIN['tiny'], False))
     results = []
-    for label, build, reference, per_size in entries:
-        model = None
-        for size in args.size:
-            model = build(size) if per_size or model is None else model
-            for precision in args.precision:
-                for mode in args.mode:
-                    result = run_safely(benchmark, label, model, (size, size), args.batch, precision, mode, args,
-                                        reference)
-                    if result:
-                        results.append(result)
-                        print(f'{label} {size} {precision} {mode}: {result.throughput:.1f} img/s', flush=True)
-        del model
+    models: dict[str, nn.Module] = {}
+    for size in args.size:
+        for label, build, _, per_size in entries:
+            if per_size or label not in models:
+                models[label] = build(size)
+        for precision in args.precision:
+            for mode in args.mode:
+                setting = ((size, size), args.batch, precision, mode)
+                steps = {label: run_safely(Step, label, models[label], *setting, args) for label, *_ in entries}
+                rounds: dict[str, list[tuple]] = {label: [] for label, step in steps.items() if step}
+                for r in range(args.rounds):
+                    for label in rounds:
+                        rounds[label].append(steps[label].measure(args))
+                        seconds, _, busy = rounds[label][-1]
+                        print(f'{label} {size} {precision} {mode} round {r}: {args.batch / seconds:.1f} img/s'
+                              + ('' if busy is None else f', GPU busy {busy:.2f}'), flush=True)
+                for label, reference in ((e[0], e[2]) for e in entries):
+                    if label in rounds:
+                        results.append(round_result(label, steps[label].params, setting, rounds[label], reference))
+                del steps
+                if args.device.startswith('cuda'):
+                    torch.cuda.empty_cache()
     return results
+
+
+def round_result(label: str, params: int, setting: tuple, rounds: list[tuple], reference: str | None) -> Result:
+    """The median over rounds of (seconds, peak, GPU-busy), and the rounds' spread (slowest over fastest - 1)."""
+    seconds = [r[0] for r in rounds]
+    peak = rounds[0][1]
+    busy = statistics.median(r[2] for r in rounds) if rounds[0][2] is not None else None
+    return Result(label, params, *setting, statistics.median(seconds), peak, reference, busy,
+                  max(seconds) / min(seconds) - 1)
 
 
 def det_runs(args: argparse.Namespace) -> list[Result]:
@@ -280,7 +373,8 @@ def det_runs(args: argparse.Namespace) -> list[Result]:
     for label, build, reference in entries:
         model = build()
         for precision in args.precision:
-            result = run_safely(backbone_step, label, model, precision, args, reference if args.compare else None)
+            result = run_safely(backbone_step, label, label, model, precision, args,
+                                reference if args.compare else None)
             results += [result] if result else []
         del model
     return results
@@ -339,7 +433,8 @@ def sweep(args: argparse.Namespace) -> list[Result]:
             model = build(size) if per_size else model
             flops[label].append(count_flops(Forward(model), torch.randn(1, 3, size, size)).flops / 1e9)
             if not args.flops_only:
-                result = run_safely(benchmark, label, model, (size, size), args.batch, args.precision[0], 'infer', args)
+                result = run_safely(benchmark, label, label, model, (size, size), args.batch, args.precision[0],
+                                    'infer', args)
                 speed[label].append(result.throughput if result else math.nan)
                 results += [result] if result else []
             print(f'{label} {size}: {flops[label][-1]:.2f} GFLOPs' +
