@@ -1,4 +1,6 @@
-"""Analysis tools: FLOPs as the paper counts them, ERF, activation maps, the benchmark's sweep plot, config models."""
+"""Analysis tools: their shared command line and timing, FLOPs as the paper counts them, ERF, activation maps, the
+benchmark's sweep plot, config models."""
+import argparse
 import math
 import os
 import subprocess
@@ -9,9 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmvmamba.models.backbones.vmamba import VMamba
+from mmvmamba.models import VMamba, VMambaClassifier
 from mmvmamba.ops import cross_selective_scan, selective_scan
-from mmvmamba.utils.config import VMambaClassifier, build_from_config, model_kind
+from mmvmamba.utils import cli, timing
+from mmvmamba.utils.config import build_from_config, model_kind
 from mmvmamba.utils.flops import count_flops, selective_scan_flops
 from tests.test_vmamba_backbone import SMALL_V2, SMALL_VANILLA
 
@@ -24,6 +27,51 @@ import erf  # noqa: E402
 import get_flops  # noqa: E402
 
 SMALL_OPTIONS = ['--arch-options', 'depths=1,1,1,1', 'embed_dim=16']
+
+
+# --- shared command line and timing ---------------------------------------------------------------------------------
+
+def test_time_step_divides_each_repeat_by_its_calls_and_keeps_the_last_output(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, 'perf_counter', lambda: clock[0])
+    calls = []
+
+    def step():
+        clock[0] += 1.0 + len(calls)  # the n-th call (from 0) takes 1 + n seconds
+        calls.append(len(calls))
+        return len(calls)
+
+    result = timing.time_step(step, 'cpu', warmup=2, repeats=3, calls=2)
+    assert len(calls) == 2 + 3 * 2 and result.output == 8
+    assert result.seconds == [3.5, 5.5, 7.5]  # calls 2+3, 4+5, 6+7 take 3+4, 5+6, 7+8 seconds
+    assert (result.median, result.min, result.mean) == (5.5, 3.5, 5.5)
+    assert result.peak_cuda_bytes is None
+
+
+def test_time_step_rejects_counts_below_one():
+    with pytest.raises(ValueError, match='repeats >= 1'):
+        timing.time_step(lambda: None, 'cpu', repeats=0)
+
+
+def test_format_table_pads_every_column_to_its_widest_cell():
+    assert cli.format_table(['a', 'long name'], [['wide cell', 1], ['x', 2.5]]).splitlines() == [
+        '| a         | long name |',
+        '|-----------|-----------|',
+        '| wide cell | 1         |',
+        '| x         | 2.5       |']
+
+
+@pytest.mark.parametrize('argv,message', [(['cfg.py', '--arch', 'tiny'], 'not both'),
+                                          ([], 'give a config file or --arch')])
+def test_model_options_name_exactly_one_model(argv, message, capsys):
+    parser = argparse.ArgumentParser(parents=[cli.model_arguments('a config')])
+    with pytest.raises(SystemExit):
+        cli.parse_model_args(parser, argv)
+    assert message in capsys.readouterr().err
+    assert cli.parse_model_args(parser, [], default_arch='tiny').arch == 'tiny'
+    args = cli.parse_model_args(parser, ['--arch', 'tiny', '--arch-options', 'depths=1,1,1,1', '--device', 'cpu'])
+    assert (args.config, args.arch, args.arch_options, args.checkpoint) == (None, 'tiny', {'depths': [1, 1, 1, 1]},
+                                                                            None)
 
 
 # --- FLOPs ----------------------------------------------------------------------------------------------------------
@@ -203,6 +251,26 @@ def test_activation_map_is_the_scan_jacobian(arch):
     assert torch.allclose(routes.sum(0), expected, rtol=1e-9, atol=1e-14)
     # route 0 (row-major) reaches only positions up to the query in reading order
     assert routes[0].flatten()[query[0] * width + query[1] + 1:].abs().max() == 0
+
+
+# --- profile_block --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('arch', [SMALL_V2, SMALL_VANILLA], ids=['v2', 'vanilla'])
+def test_profile_block_parts_run_the_blocks_own_steps_on_its_intermediates(arch):
+    import profile_block
+
+    torch.manual_seed(0)
+    block = VMamba(arch).eval().layers[0].blocks[0]
+    x = torch.randn(2, 8, 12, block.norm.weight.shape[0])
+    parts = profile_block.block_parts(block, x, None)
+    assert list(parts)[:7] == ['norm', 'in_proj', 'dwconv+silu', 'x_proj', 'dt_proj+scan', 'out_norm', 'out_proj']
+    with torch.no_grad():
+        scan, (conv_out, *projected) = parts['dt_proj+scan']
+        assert torch.equal(scan(conv_out, *projected), block.op.scan(conv_out))
+        assert all(torch.equal(a, b) for a, b in zip(parts['x_proj'][0](conv_out), projected, strict=True))
+        if not block.op.gated:  # without the gate, out_proj's input is the whole of SS2D's output path
+            out_proj, (y,) = parts['out_proj']
+            assert torch.allclose(out_proj(y), block.op(block.norm(x)), atol=1e-6)
 
 
 # --- benchmark ------------------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from mmvmamba.utils import amp
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {'mask_rcnn': 'configs/demo/mask_rcnn_vmamba_demo.py', 'upernet': 'configs/demo/upernet_vmamba_demo.py'}
 METRICS = {'mask_rcnn': ('coco/bbox_mAP', 'coco/segm_mAP'), 'upernet': ('mIoU', 'aAcc')}
@@ -184,9 +186,8 @@ def import_train_tool():
 
 
 def test_cpu_autocast_optim_wrapper_runs_forward_in_bfloat16():
-    train = import_train_tool()
     layer = torch.nn.Linear(4, 4)
-    wrapper = train.CPUAutocastOptimWrapper(optimizer=torch.optim.SGD(layer.parameters(), lr=0.1))
+    wrapper = amp.CPUAutocastOptimWrapper(optimizer=torch.optim.SGD(layer.parameters(), lr=0.1))
     with wrapper.optim_context(layer):
         out = layer(torch.randn(2, 4))
     assert out.dtype == torch.bfloat16
@@ -199,12 +200,11 @@ def test_amp_settings(cuda, monkeypatch):
     """--amp: AmpOptimWrapper on CUDA (fp16 by default), bf16 autocast on CPU; bfloat16 is refused for detectors,
     whose mmcv ops (RoIAlign, NMS) have no bfloat16 kernels."""
     from mmengine.config import Config
-    train = import_train_tool()
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
 
-    def amp_wrapper(scope: str, amp: str) -> dict:
+    def amp_wrapper(scope: str, precision: str) -> dict:
         cfg = Config(dict(default_scope=scope, optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='AdamW'))))
-        train.setup_amp(cfg, amp)
+        amp.setup_amp(cfg, precision)
         return cfg.optim_wrapper
 
     if cuda:

@@ -7,7 +7,7 @@ import torch
 from mmvmamba.models.backbones.vmamba import ARCH_ALIASES, ARCH_PRESETS, VMamba, resolve_arch
 from mmvmamba.models.checkpoint import load_checkpoint, load_state_dict_strict
 
-# Parameter counts with the 1000-class head, from the specification (section 5).
+# Parameter counts with the 1000-class head (see docs/design.md, "Presets and parameter counts").
 RELEASED_PARAMS = {
     'vanilla-tiny': 22_893_448, 'vanilla-small': 44_417_416, 'vanilla-base': 76_254_056,
     'tiny-s2l5': 30_705_832, 'small-s2l15': 50_147_752, 'base-s2l15': 88_557_800,
@@ -124,7 +124,7 @@ def test_bad_inputs_raise():
 # --- checkpoints in the authors' names ---------------------------------------------------------------------------
 
 def authors_state_dict(arch: dict, legacy: bool = False, num_classes: int = 10) -> dict:
-    """A classification state dict written from the key list of the specification (section 6), random values."""
+    """A classification state dict written from the key list of docs/design.md ("Checkpoint keys"), random values."""
     c, n = arch['embed_dim'], arch['d_state']
     shapes = {}
     if arch['patch_embed'] == 'v1':

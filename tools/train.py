@@ -13,33 +13,18 @@ import importlib
 import os
 import os.path as osp
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
-from mmengine.optim import OptimWrapper
-from mmengine.registry import OPTIM_WRAPPERS, RUNNERS
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+from mmvmamba.utils.amp import setup_amp
 
 # default_scope -> module whose register_all_modules() registers that codebase
 SCOPES = {'mmdet': 'mmdet.utils', 'mmseg': 'mmseg.utils', 'mmpretrain': 'mmpretrain.utils'}
-AMP_DTYPES = {'fp16': 'float16', 'bf16': 'bfloat16'}
-
-
-@OPTIM_WRAPPERS.register_module()
-class CPUAutocastOptimWrapper(OptimWrapper):
-    """``OptimWrapper`` whose forward passes run under CPU bfloat16 autocast.
-
-    MMEngine's ``AmpOptimWrapper`` needs a GPU. bfloat16 has the exponent range of float32, so no loss scaling.
-    """
-
-    @contextmanager
-    def optim_context(self, model: torch.nn.Module) -> Iterator[None]:
-        with super().optim_context(model), torch.autocast('cpu', dtype=torch.bfloat16):
-            yield
 
 
 def allow_mmengine_checkpoints() -> None:
@@ -141,31 +126,6 @@ def setup_distributed(cfg: Config) -> None:
     _sync_bn_to_bn(cfg.model)
     print_log(f'No CUDA: rank {dist.get_rank()} of {dist.get_world_size()} runs on CPU with gloo '
               f'(SyncBN -> BN per process).', logger='current')
-
-
-def setup_amp(cfg: Config, amp: str | None) -> None:
-    """Turn on mixed precision: AmpOptimWrapper on CUDA, bfloat16 autocast on CPU.
-
-    Detectors are refused bfloat16: mmcv's RoIAlign and NMS kernels (CPU and CUDA) take float32 or float16 only.
-    """
-    if amp is None:
-        return
-    cuda = torch.cuda.is_available()
-    if not cuda and amp == 'fp16':
-        raise ValueError('--amp fp16 needs CUDA; on CPU --amp means bfloat16 autocast.')
-    if cfg.default_scope == 'mmdet' and (amp == 'bf16' or not cuda):
-        raise ValueError('mmcv\'s detection ops (RoIAlign, NMS) have no bfloat16 kernels: train detectors with --amp '
-                         '(float16) on CUDA, and in float32 on CPU.')
-    wrapper = cfg.optim_wrapper
-    if cuda:
-        wrapper.type = 'AmpOptimWrapper'
-        wrapper.setdefault('loss_scale', 'dynamic')
-        if amp != 'default':
-            wrapper.dtype = AMP_DTYPES[amp]
-        return
-    if wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
-        raise ValueError(f'--amp on CPU replaces OptimWrapper; the config uses {wrapper.type}.')
-    wrapper.type = 'CPUAutocastOptimWrapper'
 
 
 def teardown_distributed() -> None:

@@ -1,4 +1,5 @@
 from .backbones import VMamba
+from .classifier import VMambaClassifier
 from .tta import DetInstanceTTAModel
 
-__all__ = ['DetInstanceTTAModel', 'VMamba']
+__all__ = ['DetInstanceTTAModel', 'VMamba', 'VMambaClassifier']

@@ -1,8 +1,9 @@
-"""Models for the analysis tools: from a shipped config (any of mmpretrain, mmdet, mmseg) or from a preset name.
+"""The models that the tools run: built from a shipped config (any of mmpretrain, mmdet, mmseg) or a preset name.
 
 A config model is built without its pretrained weights (``init_cfg`` is dropped, nothing is loaded), with SyncBN
 turned into BatchNorm so that it runs in one process. :class:`TensorModel` gives every model the tensor-in,
-tensors-out forward that tracing, timing and export need.
+tensors-out forward that tracing, timing and export need; :func:`load_weights` puts a checkpoint into a model built
+here, reading it with :mod:`mmvmamba.models.checkpoint`.
 """
 from __future__ import annotations
 
@@ -13,26 +14,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from mmvmamba.models.backbones.vmamba import VMamba
 from mmvmamba.models.checkpoint import load_state_dict_strict, read_checkpoint, rename_legacy_keys, select_state_dict
+from mmvmamba.models.classifier import VMambaClassifier
 
 # input (H, W) the authors quote FLOPs at, per kind of model
 DEFAULT_SHAPES = {'backbone': (224, 224), 'classifier': (224, 224), 'detector': (1280, 800), 'segmentor': (512, 2048)}
-
-
-class VMambaClassifier(nn.Module):
-    """The authors' classifier in plain PyTorch: VMamba (its ``outnorm3`` is their ``classifier.norm``) -> global
-    average pool -> linear head. Same layers, parameters and FLOPs as the mmpretrain config's ImageClassifier."""
-
-    def __init__(self, arch: str | dict = 'tiny', num_classes: int = 1000, **backbone_kwargs: Any):
-        super().__init__()
-        self.backbone = VMamba(arch, out_indices=(3,), **backbone_kwargs)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(self.backbone.dims[3], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.backbone(x)[0]).flatten(1))
 
 
 def build_arch_model(arch: str | dict, num_classes: int | None = 1000, **overrides: Any) -> nn.Module:
@@ -152,8 +141,7 @@ def load_weights(model: nn.Module, path: str, key: str = 'auto') -> str:
     :class:`VMambaClassifier`'s head when they carry one.
     """
     state = select_state_dict(read_checkpoint(path), key)
-    if state and all(k.startswith('module.') for k in state):
-        state = {k[len('module.'):]: v for k, v in state.items()}
+    consume_prefix_in_state_dict_if_present(state, 'module.')  # saved from a DataParallel / DDP wrapper
     own = model.state_dict()
     if set(state) == set(own):
         model.load_state_dict(state)

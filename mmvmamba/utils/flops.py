@@ -1,4 +1,4 @@
-"""FLOPs of VMamba models as the authors counted them (docs/design.md, "FLOPs rule").
+"""FLOPs of VMamba models as the authors counted them (see docs/design.md, "FLOPs rule").
 
 MMEngine's counter (``mmengine.analysis``, a port of fvcore) traces the model and counts convolutions, linear
 layers, matmuls, einsums, norms and pooling, one multiply-add as one FLOP. The selective scan is invisible to it: our
@@ -98,7 +98,7 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...
                 ) -> FlopReport:
     """FLOPs and parameters of ``model(*inputs)`` in eval mode, each scan call counted by :func:`selective_scan_flops`.
 
-    ``model`` must take and return tensors (wrap detectors and segmentors: :func:`mmvmamba.utils.config.tensor_model`).
+    ``model`` must take and return tensors (wrap detectors and segmentors: :class:`mmvmamba.utils.config.TensorModel`).
     The trace runs the model once; by default the scans return zeros instead of running (``run_scans=False``), which
     changes no count except where a model's work depends on values (the number of proposals a detector keeps).
     """

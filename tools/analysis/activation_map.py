@@ -15,37 +15,26 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.config import DictAction
 
+from mmvmamba.models.backbones.vmamba import ROUTES
 from mmvmamba.ops import cross_merge, cross_scan
-from mmvmamba.utils.config import build_model, get_backbone, load_weights
+from mmvmamba.utils.cli import build_model_from_args, load_weights_from_args, model_arguments, parse_model_args
 from mmvmamba.utils.scan_hooks import record_scan_calls
 from mmvmamba.utils.visual import figure, read_image, save_figure, synthetic_image, to_input
 
-ROUTES = 4
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', nargs='?', help='a config file (its backbone is analysed)')
-    parser.add_argument('--arch', help='a VMamba preset instead of a config')
-    parser.add_argument('--arch-options', nargs='+', action=DictAction, default={})
-    parser.add_argument('--checkpoint', help="weights: the authors' checkpoint or an MMEngine one")
-    parser.add_argument('--checkpoint-key', default='auto')
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[model_arguments('a config file (its backbone is analysed)')])
     parser.add_argument('--image', help='input image (default: a synthetic picture)')
     parser.add_argument('--size', type=int, default=512, help='square input size')
     parser.add_argument('--stage', type=int, default=2, help='stage of the SS2D layer (0-3)')
     parser.add_argument('--block', type=int, default=-1, help='block index within the stage')
     parser.add_argument('--query', type=int, nargs=2, metavar=('Y', 'X'), help='query pixel (default: the centre)')
     parser.add_argument('--routes', action='store_true', help='also draw each route on its own')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', default='work_dirs/activation_map.png')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = parser.parse_args(argv)
-    if (args.config is None) == (args.arch is None):
-        parser.error('give a config file or --arch')
-    return args
+    return parse_model_args(parser, argv)
 
 
 def capture_scan(backbone: torch.nn.Module, images: torch.Tensor, stage: int, block: int) -> dict:
@@ -121,10 +110,8 @@ def plot(image: np.ndarray, maps: list[tuple[str, np.ndarray]], query: tuple[int
 def main(argv: list[str] | None = None) -> np.ndarray:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    backbone = get_backbone(build_model(args.config, args.arch, cfg_options=args.cfg_options,
-                                        arch_options=args.arch_options, num_classes=None))
-    if args.checkpoint:
-        print(f'loaded {load_weights(backbone, args.checkpoint, args.checkpoint_key)}')
+    backbone = build_model_from_args(args, backbone_only=True)
+    load_weights_from_args(backbone, args)
     backbone = backbone.to(args.device).eval()
     image = read_image(args.image, args.size) if args.image else synthetic_image(args.size, args.seed)
     query = tuple(args.query) if args.query else (args.size // 2, args.size // 2)

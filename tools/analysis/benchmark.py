@@ -18,17 +18,18 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.config import DictAction
 
-from mmvmamba.models.backbones.vmamba import ARCH_ALIASES, VMamba
-from mmvmamba.utils.config import VMambaClassifier, build_from_config, get_backbone, model_kind
+from mmvmamba.models import VMamba, VMambaClassifier
+from mmvmamba.models.backbones.vmamba import ARCH_ALIASES
+from mmvmamba.utils.cli import build_model_from_args, format_table, model_arguments, parse_model_args
+from mmvmamba.utils.config import TensorModel, get_backbone, model_kind
+from mmvmamba.utils.timing import kernel_seconds, time_step
 
 # the Swin of the same size as each VMamba preset: ratios are printed against it
 SWIN = {'tiny': 'swin_tiny_patch4_window7_224', 'small': 'swin_small_patch4_window7_224',
@@ -63,13 +64,11 @@ class Result:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', nargs='?', help='a config file (classifiers run whole, other models their backbone)')
-    parser.add_argument('--arch', nargs='+', default=None, help='VMamba presets, run as 1000-class classifiers '
-                                                                 '(default: tiny)')
-    parser.add_argument('--arch-options', nargs='+', action=DictAction, default={},
-                        help='overrides of the preset fields, e.g. depths=1,1,1,1 embed_dim=16')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    model = model_arguments('a config file (classifiers run whole, other models their backbone)',
+                            arch_help='VMamba presets, run as 1000-class classifiers (default: tiny)',
+                            several_archs=True, checkpoint=False)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[model])
     parser.add_argument('--batch', type=int, help='images per step (default: 128 on GPU, 1 on CPU)')
     parser.add_argument('--size', type=int, nargs='+', default=[224], help='square input sizes')
     parser.add_argument('--mode', nargs='+', choices=('infer', 'train'), default=['infer', 'train'])
@@ -98,15 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                        'none: VMamba only)')
     parser.add_argument('--flops-only', action='store_true', help='sweep FLOPs alone (no timing: quick on a CPU)')
     parser.add_argument('--out', default='work_dirs/benchmark_sweep.png', help='PNG written by --sweep')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    args = parser.parse_args(argv)
-    if args.config and args.arch:
-        parser.error('give a config file or --arch, not both')
+    args = parse_model_args(parser, argv, default_arch=['tiny'])
     if args.cuda_graph and not args.device.startswith('cuda'):
         parser.error('--cuda-graph needs a CUDA device')
     if args.cuda_graph and args.compile:
         parser.error('give --compile or --cuda-graph, not both (a "reduce-overhead" compile uses CUDA graphs)')
-    args.arch = args.arch or ([] if args.config else ['tiny'])
+    args.arch = args.arch or []  # a config: no presets
     gpu = args.device.startswith('cuda')
     args.batch = args.batch or (128 if gpu else 1)
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
@@ -143,23 +139,11 @@ def vmamba_models(args: argparse.Namespace) -> list[tuple[str, Callable[[], nn.M
     """(label, builder, Swin to compare with) for each VMamba model asked for."""
     if args.config:
         def build() -> nn.Module:
-            model = build_from_config(args.config, args.cfg_options)
+            model = build_model_from_args(args)
             return model if model_kind(model) == 'classifier' else get_backbone(model)
         return [(args.config.rsplit('/', 1)[-1], build, SWIN['tiny'])]
     return [(vmamba_label(a, args.arch_options), lambda a=a: VMambaClassifier(a, **args.arch_options),
              SWIN[size_of(a)]) for a in args.arch]
-
-
-class Forward(nn.Module):
-    """``model(images)`` for any model; mmpretrain classifiers are called in tensor mode."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.tensor_mode = model_kind(model) == 'classifier' and not isinstance(model, VMambaClassifier)
-
-    def forward(self, images: torch.Tensor):
-        return self.model(images, mode='tensor') if self.tensor_mode else self.model(images)
 
 
 def loss_of(out) -> torch.Tensor:
@@ -172,47 +156,6 @@ def loss_of(out) -> torch.Tensor:
 
 # --- timing ---------------------------------------------------------------------------------------------------------
 
-def time_step(step: Callable[[], None], device: torch.device, warmup: int, iters: int, repeats: int
-              ) -> tuple[float, int | None]:
-    """Median seconds per call of ``step`` over ``repeats`` timed runs of ``iters`` calls, and the peak memory."""
-    cuda = device.type == 'cuda'
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3 / iters)
-        else:
-            start = time.perf_counter()
-            for _ in range(iters):
-                step()
-            times.append((time.perf_counter() - start) / iters)
-    peak = torch.cuda.max_memory_allocated(device) if cuda else None
-    return statistics.median(times), peak
-
-
-def kernel_seconds(step: Callable[[], None], device: torch.device, iters: int = 3) -> float:
-    """GPU kernel time of one call of ``step`` (the sum over its kernels, torch.profiler), the mean of ``iters``."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            step()
-        torch.cuda.synchronize(device)
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(e.device_time for e in kernels) / 1e6 / iters
-
-
 class Step:
     """One benchmark setting of one model, built once and timed in as many rounds as asked: the step function
     (eager, compiled, or a CUDA graph's replay), its parameter count and its resident memory (weights, gradients and
@@ -223,7 +166,7 @@ class Step:
         device = torch.device(args.device)
         self.device = device
         before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
-        model = Forward(model).to(device)
+        model = TensorModel(model).to(device)
         self.params = sum(p.numel() for p in model.parameters())
         run = torch.compile(model, mode=args.compile) if args.compile else model
         images = torch.randn(batch, 3, *size, device=device)
@@ -253,11 +196,13 @@ class Step:
     def measure(self, args: argparse.Namespace) -> tuple[float, int | None, float | None]:
         """(median seconds per step, peak bytes of this model's step: its resident memory plus what its steps
         allocate, other models' resident memory excluded, GPU-busy fraction)."""
-        if self.device.type != 'cuda':
-            return time_step(self.step, self.device, 1, args.iters, args.repeats)[0], None, None
-        others = torch.cuda.memory_allocated(self.device) - self.resident
-        seconds, peak = time_step(self.step, self.device, 1, args.iters, args.repeats)
-        return seconds, peak - others, kernel_seconds(self.step, self.device) / seconds
+        cuda = self.device.type == 'cuda'
+        others = torch.cuda.memory_allocated(self.device) - self.resident if cuda else 0
+        measured = time_step(self.step, self.device, warmup=1, repeats=args.repeats, calls=args.iters)
+        if not cuda:
+            return measured.median, None, None
+        return (measured.median, measured.peak_cuda_bytes - others,
+                kernel_seconds(self.step, self.device) / measured.median)
 
 
 def capture(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
@@ -293,12 +238,6 @@ def run_safely(fn: Callable, label: str, *args, **kwargs):
 
 
 # --- printing -------------------------------------------------------------------------------------------------------
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: '| ' + ' | '.join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + ' |'  # noqa: E731
-    return '\n'.join([line(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|', *map(line, rows)])
-
 
 def results_table(results: list[Result], title: str) -> str:
     by_key = {(r.model, r.size, r.precision, r.mode): r for r in results}
@@ -383,7 +322,7 @@ def det_runs(args: argparse.Namespace) -> list[Result]:
 def backbone_step(label: str, model: nn.Module, precision: str, args: argparse.Namespace,
                   reference: str | None) -> Result:
     device = torch.device(args.device)
-    model = Forward(model).to(device).train()
+    model = TensorModel(model).to(device).train()
     images = torch.randn(args.det_batch, 3, *args.det_size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
 
@@ -393,9 +332,9 @@ def backbone_step(label: str, model: nn.Module, precision: str, args: argparse.N
             loss = loss_of(model(images))
         loss.backward()
 
-    seconds, peak = time_step(step, device, args.warmup, args.iters, args.repeats)
+    timing = time_step(step, device, warmup=args.warmup, repeats=args.repeats, calls=args.iters)
     return Result(label, sum(p.numel() for p in model.parameters()), tuple(args.det_size), args.det_batch, precision,
-                  'fwd+bwd', seconds, peak, reference)
+                  'fwd+bwd', timing.median, timing.peak_cuda_bytes, reference)
 
 
 def swin_backbone(name: str, size: tuple[int, int]) -> nn.Module:
@@ -431,7 +370,7 @@ def sweep(args: argparse.Namespace) -> list[Result]:
         model = None if per_size else build()
         for size in args.sweep_sizes:
             model = build(size) if per_size else model
-            flops[label].append(count_flops(Forward(model), torch.randn(1, 3, size, size)).flops / 1e9)
+            flops[label].append(count_flops(TensorModel(model), torch.randn(1, 3, size, size)).flops / 1e9)
             if not args.flops_only:
                 result = run_safely(benchmark, label, label, model, (size, size), args.batch, args.precision[0],
                                     'infer', args)

@@ -34,12 +34,8 @@ import types
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-try:
-    from mmvmamba import ops
-except ImportError:  # no mmengine installed: the ops package alone, from the repository root
-    import ops
+from mmvmamba import ops
+from mmvmamba.utils.cli import format_table
 
 reference = importlib.import_module(f'{ops.__name__}.reference')
 triton_backend = importlib.import_module(f'{ops.__name__}.triton_backend')
@@ -57,6 +53,8 @@ DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 # stage-1 and stage-3 classification and stage-1 detection shapes
 SWEEP = [{}, dict(T=4), dict(BC=64), dict(S=2), dict(S=8), dict(programs=4096), dict(programs=16384)]
 SWEEP_SHAPES = [CLASSIFICATION[0], CLASSIFICATION[2], DETECTION[0]]
+COLUMNS = ('shape', 'implementation', 'fwd ms', 'fwd TB/s', 'fwd %copy', 'fwd+bwd ms', 'fwd+bwd TB/s',
+           'fwd+bwd %copy')
 
 
 @dataclasses.dataclass
@@ -201,17 +199,6 @@ def header(copy_bw: float, args) -> list[str]:
             f'{copy_bw / 1e12:.2f} TB/s; bandwidth = bytes that must move / time (see --help)']
 
 
-def print_table(lines: list[str], rows: list[tuple]) -> None:
-    cols = ('shape', 'implementation', 'fwd ms', 'fwd TB/s', 'fwd %copy', 'fwd+bwd ms', 'fwd+bwd TB/s',
-            'fwd+bwd %copy')
-    widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
-    print('\n'.join(lines))
-    print(' | '.join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    print('-|-'.join('-' * w for w in widths))
-    for r in rows:
-        print(' | '.join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
-
-
 def row(label: str, name: str, case: Case, times: tuple[float, float], copy_bw: float) -> tuple:
     print(f'{label} | {name}: {times[0]:.3f} ms forward, {times[1]:.3f} ms forward+backward', file=sys.stderr,
           flush=True)
@@ -274,7 +261,8 @@ def main() -> None:
             fns = chosen(impls, args.only, case, args.reference_max_elements)
             for name, times in time_in_turns(fns, Inputs.make(case), args.rounds).items():
                 rows.append(row(case.label(), name, case, times, copy_bw))
-    print_table(header(copy_bw, args), rows)
+    print('\n'.join(header(copy_bw, args)))
+    print(format_table(COLUMNS, rows))
 
 
 if __name__ == '__main__':

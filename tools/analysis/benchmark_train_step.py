@@ -15,21 +15,18 @@ import argparse
 import gc
 import importlib
 import json
-import resource
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.logging import MMLogger
-from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.registry import init_default_scope
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train import setup_amp  # noqa: E402  (tools/train.py: AMP on CUDA, bf16 autocast on CPU)
+from mmvmamba.utils.amp import setup_amp
+from mmvmamba.utils.cli import default_device
+from mmvmamba.utils.config import build_from_config, load_config
+from mmvmamba.utils.timing import peak_rss_bytes, time_step
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,8 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=None,
                         help='image size (default: 800 1216 for mmdet, 512 512 for mmseg, 224 224 for mmpretrain)')
     parser.add_argument('--boxes', type=int, default=8, help='random objects per image for detection (default: 8)')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
-                        help='cuda or cpu (default: cuda when available)')
+    parser.add_argument('--device', default=default_device(), help='cuda or cpu (default: cuda when available)')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of both configs')
     return parser.parse_args()
@@ -82,24 +78,15 @@ def random_batch(scope: str, model: torch.nn.Module, batch: int, size: tuple[int
     return dict(inputs=images, data_samples=samples)
 
 
-def load_config(path: str, cfg_options: dict | None, amp: str | None) -> Config:
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
-        cfg.model.backbone.init_cfg = None
-    setup_amp(cfg, amp)
-    return cfg
-
-
 def benchmark(path: str, args: argparse.Namespace) -> dict:
     """Build the model and optim wrapper of ``path`` and time ``args.steps`` training steps."""
-    cfg = load_config(path, args.cfg_options, args.amp)
+    cfg = load_config(path, args.cfg_options)
+    setup_amp(cfg, args.amp)
     scope = cfg.default_scope
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     init_default_scope(scope)
     device = torch.device(args.device)
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model = build_from_config(cfg)
     model.init_weights()
     model = model.to(device)
     model.train()  # not chained: mmdet's SwinTransformer.train() returns None
@@ -108,39 +95,14 @@ def benchmark(path: str, args: argparse.Namespace) -> dict:
     data = random_batch(scope, model, args.batch, size, args.boxes)
     params = sum(p.numel() for p in model.parameters())
 
-    times, memory_gb, losses = time_steps(lambda: model.train_step(data, optim_wrapper), args.warmup, args.steps,
-                                          device.type == 'cuda')
+    timing = time_step(lambda: model.train_step(data, optim_wrapper), device, warmup=args.warmup, repeats=args.steps)
+    cuda = device.type == 'cuda'
     return dict(config=path, scope=scope, device=str(device), batch=args.batch, size=list(size), amp=args.amp,
-                params_m=params / 1e6, median_s=statistics.median(times), min_s=min(times),
-                mean_s=statistics.fmean(times), steps=len(times), peak_memory_gb=memory_gb,
-                memory_kind='cuda max_memory_allocated' if device.type == 'cuda' else 'process max RSS',
-                last_losses={k: float(v.detach()) for k, v in losses.items()})
-
-
-def time_steps(step, warmup: int, steps: int, cuda: bool) -> tuple[list[float], float, dict]:
-    """Seconds of each timed call of ``step``, the peak memory in GB and the last losses."""
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times, losses = [], {}
-    for _ in range(steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            losses = step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            start_time = time.perf_counter()
-            losses = step()
-            times.append(time.perf_counter() - start_time)
-    if cuda:
-        return times, torch.cuda.max_memory_allocated() / 2 ** 30, losses
-    # the process's peak resident memory (Linux reports KiB)
-    return times, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, losses
+                params_m=params / 1e6, median_s=timing.median, min_s=timing.min, mean_s=timing.mean,
+                steps=len(timing.seconds),
+                peak_memory_gb=(timing.peak_cuda_bytes if cuda else peak_rss_bytes()) / 2 ** 30,
+                memory_kind='cuda max_memory_allocated' if cuda else 'process max RSS',
+                last_losses={k: float(v.detach()) for k, v in timing.output.items()})
 
 
 def report(results: list[dict]) -> None:

@@ -17,32 +17,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.config import DictAction
 
-from mmvmamba.utils.config import build_model, get_backbone, load_weights
+from mmvmamba.utils.cli import build_model_from_args, load_weights_from_args, model_arguments, parse_model_args
 from mmvmamba.utils.visual import figure, input_batches, save_figure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', nargs='?', help='a config file (its backbone is analysed)')
-    parser.add_argument('--arch', help='a VMamba preset instead of a config')
-    parser.add_argument('--arch-options', nargs='+', action=DictAction, default={})
-    parser.add_argument('--checkpoint', help="weights: the authors' checkpoint or an MMEngine one")
-    parser.add_argument('--checkpoint-key', default='auto', help="'model', 'model_ema', 'state_dict' or auto")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[model_arguments('a config file (its backbone is analysed)')])
     parser.add_argument('--compare-random', action='store_true',
                         help='draw the random initialisation beside the checkpoint (before / after training)')
     parser.add_argument('--images', help='a folder of images (default: standard normal noise inputs)')
     parser.add_argument('--num-images', type=int, help='inputs averaged (default: 50 images, 8 noise inputs)')
     parser.add_argument('--size', type=int, default=1024, help='square input size')
     parser.add_argument('--norm', choices=('power', 'log'), default='power')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--seed', type=int, default=0, help='seeds the initialisation and the noise inputs')
     parser.add_argument('--out', default='work_dirs/erf.png')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = parser.parse_args(argv)
-    if (args.config is None) == (args.arch is None):
-        parser.error('give a config file or --arch')
+    args = parse_model_args(parser, argv)
     if args.compare_random and not args.checkpoint:
         parser.error('--compare-random needs --checkpoint (the trained model to compare with)')
     return args
@@ -103,14 +94,13 @@ def plot(maps: list[tuple[str, np.ndarray]], path: str) -> str:
 def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    backbone = get_backbone(build_model(args.config, args.arch, cfg_options=args.cfg_options,
-                                        arch_options=args.arch_options, num_classes=None))
+    backbone = build_model_from_args(args, backbone_only=True)
     name = args.config or f'VMamba {args.arch}'
     models = []
     if args.compare_random or not args.checkpoint:
         models.append(('random init', copy.deepcopy(backbone) if args.checkpoint else backbone))
     if args.checkpoint:
-        print(f'loaded {load_weights(backbone, args.checkpoint, args.checkpoint_key)}')
+        load_weights_from_args(backbone, args)
         models.append(('trained', backbone))
     count = args.num_images or (50 if args.images else 8)
     maps = {}

@@ -12,18 +12,16 @@ from __future__ import annotations
 import argparse
 
 import torch
-from mmengine.config import DictAction
 
-from mmvmamba.utils.config import DEFAULT_SHAPES, TensorModel, build_model, get_backbone
+from mmvmamba.utils.cli import build_model_from_args, model_arguments, parse_model_args
+from mmvmamba.utils.config import DEFAULT_SHAPES, TensorModel
 from mmvmamba.utils.flops import NOT_COUNTED, FlopReport, count_flops
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', nargs='?', help='an mmpretrain, mmdet or mmseg config file')
-    parser.add_argument('--arch', help='a VMamba preset (tiny, small, base, vanilla-tiny, ...) instead of a config')
-    parser.add_argument('--arch-options', nargs='+', action=DictAction, default={},
-                        help='overrides of the preset fields, e.g. depths=1,1,2,1 embed_dim=32')
+    model = model_arguments('an mmpretrain, mmdet or mmseg config file', checkpoint=False, device=False)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[model])
     parser.add_argument('--num-classes', type=int, default=1000, help='classifier head size with --arch')
     parser.add_argument('--backbone-only', action='store_true', help='count the backbone alone')
     parser.add_argument('--shape', type=int, nargs='+', help='input H [W] (default: 224, detectors 1280 800, '
@@ -32,11 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--run-scans', action='store_true',
                         help='run the scans during the trace (slower; only matters where values change the work)')
     parser.add_argument('--table', type=int, metavar='DEPTH', help='also print the per-module table to DEPTH')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    args = parser.parse_args(argv)
-    if (args.config is None) == (args.arch is None):
-        parser.error('give a config file or --arch')
-    return args
+    return parse_model_args(parser, argv)
 
 
 def format_count(x: float) -> str:
@@ -61,11 +55,7 @@ def report_lines(report: FlopReport) -> list[str]:
 
 def main(argv: list[str] | None = None) -> FlopReport:
     args = parse_args(argv)
-    model = build_model(args.config, args.arch, cfg_options=args.cfg_options, arch_options=args.arch_options,
-                        num_classes=None if args.backbone_only else args.num_classes)
-    if args.backbone_only:
-        model = get_backbone(model)
-    model = TensorModel(model)
+    model = TensorModel(build_model_from_args(args, num_classes=args.num_classes, backbone_only=args.backbone_only))
     shape = tuple(args.shape) if args.shape else DEFAULT_SHAPES[model.kind]
     shape = shape * 2 if len(shape) == 1 else shape
     inputs = torch.randn(args.batch, 3, *shape)

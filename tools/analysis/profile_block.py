@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from mmvmamba.models import VMamba, VMambaClassifier
+from mmvmamba.ops import use_backend
+from mmvmamba.utils.cli import format_table
+from mmvmamba.utils.timing import time_step
 
-from mmvmamba.models.backbones.vmamba import ROUTES, VMamba  # noqa: E402
-from mmvmamba.ops import cross_selective_scan  # noqa: E402
+WARMUP = 3  # untimed calls before each timing
+COLUMNS = ('part', 'fwd ms', 'fwd+bwd ms')
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,18 +40,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def time_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median CUDA-event time of ``fn`` after warm-up."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median CUDA-event milliseconds of one call of ``fn`` after warm-up."""
+    return time_step(fn, 'cuda', warmup=WARMUP, repeats=repeats).median * 1e3
 
 
 def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[Callable, tuple]]:
@@ -62,23 +52,19 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
         projected = op.in_proj(normed)
         conv_in = projected[..., :op.d_inner].permute(0, 3, 1, 2)
         conv_out = F.silu(op.conv2d(conv_in))
-        batch, _, height, width = conv_out.shape
-        n, r = op.d_state, op.dt_rank
-        x_dbl = F.linear(conv_out.permute(0, 2, 3, 1), op.x_proj_weight.flatten(0, 1))
-        dt_low, b, c = x_dbl.view(batch, height, width, ROUTES, r + 2 * n).permute(0, 3, 4, 1, 2).split([r, n, n], 2)
-        scanned = op.scan(conv_out)
+        dt_low, b, c = op.project(conv_out)
+        scanned = op.selective_scan(conv_out, dt_low, b, c)
         y = op.out_norm(scanned).to(conv_out.dtype)
 
-    def scan(xc, d, bb, cc):  # dt_proj included: the scan takes the rank-R delta and dt_projs_weight
-        return cross_selective_scan(xc, d, -torch.exp(op.A_logs.float()), bb, cc, op.Ds.float(),
-                                    op.dt_projs_bias.float().flatten(), delta_weight=op.dt_projs_weight,
-                                    backend=backend)
+    def scan(*inputs: torch.Tensor) -> torch.Tensor:  # dt_proj included: the scan takes the rank-R delta
+        with use_backend(backend):
+            return op.selective_scan(*inputs)
 
     parts = {
         'norm': (block.norm, (x,)),
         'in_proj': (op.in_proj, (normed,)),
         'dwconv+silu': (lambda t: F.silu(op.conv2d(t)), (conv_in,)),
-        'x_proj': (lambda t: F.linear(t.permute(0, 2, 3, 1), op.x_proj_weight.flatten(0, 1)), (conv_out,)),
+        'x_proj': (op.project, (conv_out,)),
         'dt_proj+scan': (scan, (conv_out, dt_low, b, c)),
         'out_norm': (lambda t: op.out_norm(t).to(conv_out.dtype), (scanned,)),
         'out_proj': (op.out_proj, (y,)),
@@ -92,29 +78,19 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
 
 def trace_training_steps(args: argparse.Namespace, height: int, width: int, steps: int = 3) -> None:
     """CUDA kernels of ``steps`` training steps (forward, backward, AdamW) by total time."""
-    backbone = VMamba(args.arch, out_indices=(3,)).cuda()
-    head = torch.nn.Linear(backbone.dims[3], 1000).cuda()
-    params = [*backbone.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model = VMambaClassifier(args.arch).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(args.batch, 3, height, width, device='cuda')
     target = torch.randint(0, 1000, (args.batch,), device='cuda')
 
     def step():
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.dtype == 'bf16'):
-            loss = F.cross_entropy(head(backbone(x)[0].mean((2, 3))), target)
+            loss = F.cross_entropy(model(x), target)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        step()
-    end.record()
-    torch.cuda.synchronize()
+    wall_ms = time_step(step, 'cuda', warmup=WARMUP, calls=steps).median * 1e3
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
@@ -122,7 +98,7 @@ def trace_training_steps(args: argparse.Namespace, height: int, width: int, step
         torch.cuda.synchronize()
     events = prof.key_averages()
     kernels = sum(e.self_device_time_total for e in events if e.device_type.name == 'CUDA') / 1e3 / steps
-    print(f'step: {start.elapsed_time(end) / steps:.1f} ms wall, {kernels:.1f} ms of CUDA kernels '
+    print(f'step: {wall_ms:.1f} ms wall, {kernels:.1f} ms of CUDA kernels '
           f'(the rest is the GPU waiting for the host)')
     print(f'CUDA kernels of {steps} training steps (times are totals over the steps)')
     print(events.table(sort_by='self_device_time_total', row_limit=25, max_name_column_width=60))
@@ -148,8 +124,7 @@ def main() -> None:
         block = layer.blocks[0]
         with autocast:
             parts = block_parts(block, x, args.backend)
-        print(f'\nstage {i}: {tuple(x.shape)} x {len(layer.blocks)} blocks')
-        print(f'{"part":<14}{"fwd ms":>10}{"fwd+bwd ms":>12}')
+        rows = []
         for name, (fn, inputs) in parts.items():
             inputs = tuple(t.detach().requires_grad_(t.is_floating_point()) for t in inputs)
 
@@ -159,19 +134,19 @@ def main() -> None:
 
             def forward_backward(fn=fn, inputs=inputs):
                 out = forward()
-                out.float().sum().backward()
+                sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
 
             with torch.no_grad():
                 fwd = time_ms(forward, args.repeats)
             both = time_ms(forward_backward, args.repeats)
-            print(f'{name:<14}{fwd:>10.3f}{both:>12.3f}')
+            rows.append([name, f'{fwd:.3f}', f'{both:.3f}'])
             total = totals.setdefault(name, [0.0, 0.0])
             total[0] += fwd * len(layer.blocks)
             total[1] += both * len(layer.blocks)
+        print(f'\nstage {i}: {tuple(x.shape)} x {len(layer.blocks)} blocks')
+        print(format_table(COLUMNS, rows))
     print('\nwhole model, all blocks (part time x blocks per stage)')
-    print(f'{"part":<14}{"fwd ms":>10}{"fwd+bwd ms":>12}')
-    for name, (fwd, both) in totals.items():
-        print(f'{name:<14}{fwd:>10.2f}{both:>12.2f}')
+    print(format_table(COLUMNS, [[name, f'{fwd:.2f}', f'{both:.2f}'] for name, (fwd, both) in totals.items()]))
 
 
 if __name__ == '__main__':

@@ -190,17 +190,25 @@ class SS2D(nn.Module):
         return self.out_proj(y)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """The selective-scan core on a (B, d_inner, H, W) map; returns channel-last (B, H, W, d_inner): float32, or
-        x's dtype under autocast (out_norm normalises in float32 either way, and keeps half the memory).
+        """The selective-scan core on a (B, d_inner, H, W) map: :meth:`project`, then :meth:`selective_scan`."""
+        return self.selective_scan(x, *self.project(x))
 
-        The per-route projections act on positions only, so x_proj is one matmul for all four routes on the
-        un-routed map, and each route reads its slice in its own order inside ``cross_selective_scan``, which also
-        applies dt_proj (the rank-``dt_rank`` delta and ``dt_projs_weight``).
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_proj of the four routes: the rank-``dt_rank`` delta (B, 4, dt_rank, H, W), B and C (B, 4, d_state, H, W).
+
+        The per-route projections act on positions only, so this is one matmul for all four routes on the un-routed
+        map; each route reads its slice in its own order inside ``cross_selective_scan``.
         """
         batch, _, height, width = x.shape
         n, r = self.d_state, self.dt_rank
         x_dbl = F.linear(x.permute(0, 2, 3, 1), self.x_proj_weight.flatten(0, 1))
-        dt_low, b, c = x_dbl.view(batch, height, width, ROUTES, r + 2 * n).permute(0, 3, 4, 1, 2).split([r, n, n], 2)
+        return x_dbl.view(batch, height, width, ROUTES, r + 2 * n).permute(0, 3, 4, 1, 2).split([r, n, n], 2)
+
+    def selective_scan(self, x: torch.Tensor, dt_low: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """dt_proj and the four-route selective scan of ``x`` (B, d_inner, H, W) with the outputs of :meth:`project`;
+        returns channel-last (B, H, W, d_inner): float32, or x's dtype under autocast (out_norm normalises in float32
+        either way, and keeps half the memory)."""
+        batch, _, height, width = x.shape
         y = cross_selective_scan(x, dt_low, -torch.exp(self.A_logs.float()), b, c, self.Ds.float(),
                                  self.dt_projs_bias.float().flatten(), delta_softplus=True,
                                  float32_output=not torch.is_autocast_enabled(x.device.type),
