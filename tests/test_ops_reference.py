@@ -8,7 +8,7 @@ from mmvmamba.ops import reference
 
 
 def naive_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
-    """The recurrence of the specification, one step at a time (float64)."""
+    """The recurrence of docs/design.md, "Block equations", one step at a time (float64)."""
     batch, channels, length = u.shape
     groups = B.shape[1]
     dt = delta + (delta_bias[:, None] if delta_bias is not None else 0)
@@ -113,7 +113,8 @@ def test_selective_scan_rejects_bad_shapes():
         reference.selective_scan(**{**x, 'B': x['B'][..., :5]})
 
 
-def test_cross_scan_orders_of_the_specification():
+def test_cross_scan_orders_are_those_of_the_design_document():
+    """docs/design.md, "Cross-scan orders": row-major, column-major, and both reversed."""
     x = torch.arange(6.0).view(1, 1, 2, 3)
     routes = ops.cross_scan(x)[0, :, 0].tolist()
     assert routes == [[0, 1, 2, 3, 4, 5], [0, 3, 1, 4, 2, 5], [5, 4, 3, 2, 1, 0], [5, 2, 4, 1, 3, 0]]
