@@ -177,6 +177,7 @@ def test_config_builds_and_forwards(config):
 
 
 @pytest.mark.parametrize('config', ['configs/demo/mask_rcnn_vmamba_demo.py', 'configs/demo/upernet_vmamba_demo.py',
+                                    'configs/demo/vmamba_demo_digits.py',
                                     'configs/vmamba_t_8xb128_in1k.py'])
 def test_weight_decay_policy(config):
     """No decay on A_logs, Ds, dt_projs_bias, normalisation layers and biases; the config's decay elsewhere."""

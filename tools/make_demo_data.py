@@ -1,12 +1,21 @@
-"""Write the embedded demo data sets: synthetic shapes in COCO (instances) and ADE20K (semantic) layout.
+"""Write the embedded demo data sets: synthetic shapes in COCO (instances) and ADE20K (semantic) layout, and real
+handwritten digits in mmpretrain ``CustomDataset`` layout.
 
 Each image shows one to three non-overlapping shapes of similar areas on a weakly coloured, textured, noisy
 background: discs in reds, squares in greens, triangles in blues (random hue within +-25 degrees, saturation and
 brightness). Shapes are polygons with integer vertices: the COCO segmentation is the drawn polygon, its box and area
-and the ADE20K label map are the drawn pixels. The output is deterministic for a given ``--seed`` and sizes::
+and the ADE20K label map are the drawn pixels.
+
+The digits are scikit-learn's ``load_digits()`` (1,797 8x8 images of 43 writers, 10 classes, shipped inside the
+scikit-learn package: no download), upsampled to ``--digit-size`` pixels as white-on-black 3-channel PNGs and split
+into train and test sets of the same class proportions. The annotation files list ``test/0012.png 7`` lines:
+file (relative to ``OUT/digits``, named by the index in ``load_digits()``) and label.
+
+The output is deterministic for a given ``--seed`` and sizes::
 
     OUT/coco/{train2017,val2017}/*.jpg, OUT/coco/annotations/instances_{train2017,val2017}.json
     OUT/ade/ADEChallengeData2016/{images,annotations}/{training,validation}/*.{jpg,png}
+    OUT/digits/{train,test}/*.png, OUT/digits/meta/{train,test}.txt
 
 ADE20K convention: label 0 is "other" (ignored with ``reduce_zero_label=True``), 1 background, 2 disc, 3 square,
 4 triangle.
@@ -20,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from sklearn.datasets import load_digits
 
 CLASSES = ('disc', 'square', 'triangle')
 HUES = (0, 60, 120)  # OpenCV hue of each class: red, green, blue
@@ -27,6 +37,7 @@ HUES = (0, 60, 120)  # OpenCV hue of each class: red, green, blue
 # equal areas, so no class is rarer in pixels
 CIRCUMRADIUS_PER_SIDE = (1 / math.sqrt(math.pi), 1 / math.sqrt(2), 1 / math.sqrt(0.75 * math.sqrt(3)))
 SPLITS = (('train2017', 'training'), ('val2017', 'validation'))
+MIN_DIGIT_SIZE = 32  # the smallest input of the VMamba backbone: one stride of its last stage
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,8 +47,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--num-val', type=int, default=20, help='validation images (default: 20)')
     parser.add_argument('--min-size', type=int, default=128, help='smallest image side (default: 128)')
     parser.add_argument('--max-size', type=int, default=160, help='largest image side (default: 160)')
+    parser.add_argument('--digit-size', type=int, default=MIN_DIGIT_SIZE,
+                        help=f'side of the upsampled digit images, >= {MIN_DIGIT_SIZE} (default: {MIN_DIGIT_SIZE})')
+    parser.add_argument('--digits-test-fraction', type=float, default=0.2,
+                        help='share of each digit class held out for testing (default: 0.2)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.digit_size < MIN_DIGIT_SIZE:
+        parser.error(f'--digit-size must be >= {MIN_DIGIT_SIZE} (the backbone\'s smallest input), '
+                     f'got {args.digit_size}')
+    if not 0 < args.digits_test_fraction < 1:
+        parser.error(f'--digits-test-fraction must be in (0, 1), got {args.digits_test_fraction}')
+    return args
 
 
 def textured_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -131,6 +152,39 @@ def write_split(rng: np.random.Generator, out: Path, coco_split: str, ade_split:
     (out / 'coco' / 'annotations' / f'instances_{coco_split}.json').write_text(json.dumps(coco))
 
 
+def stratified_split(rng: np.random.Generator, labels: np.ndarray, test_fraction: float) -> dict[str, np.ndarray]:
+    """Sorted sample indices of a train and a test split holding ``test_fraction`` of every class (rounded)."""
+    test = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        test.append(members[:round(len(members) * test_fraction)])
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[np.concatenate(test)] = True
+    return {'train': np.flatnonzero(~is_test), 'test': np.flatnonzero(is_test)}
+
+
+def write_digits(out: Path, size: int, test_fraction: float, seed: int) -> dict[str, int]:
+    """scikit-learn's handwritten digits as mmpretrain ``CustomDataset`` splits; returns the images per split."""
+    digits = load_digits()
+    ink = digits.images / 16  # each pixel: the inked pixels (0..16) of a 4x4 block of the original 32x32 bitmap
+    (out / 'meta').mkdir(parents=True, exist_ok=True)
+    counts = {}
+    # a generator of its own: the split does not change with the sizes of the synthetic sets
+    splits = stratified_split(np.random.default_rng(seed), digits.target, test_fraction)
+    for split, indices in splits.items():
+        (out / split).mkdir(exist_ok=True)
+        lines = []
+        for index in indices:
+            image = cv2.resize(ink[index].astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+            gray = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+            name = f'{split}/{index:04d}.png'
+            cv2.imwrite(str(out / name), cv2.merge([gray, gray, gray]))
+            lines.append(f'{name} {digits.target[index]}\n')
+        (out / 'meta' / f'{split}.txt').write_text(''.join(lines))
+        counts[split] = len(indices)
+    return counts
+
+
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
@@ -142,6 +196,9 @@ def main() -> None:
         first_id += num
     print(f'demo data: {args.num_train} train / {args.num_val} val images of {len(CLASSES)} shape classes '
           f'({", ".join(CLASSES)}) in {out}/coco (COCO instances) and {out}/ade (ADE20K semantic)')
+    digit_counts = write_digits(out / 'digits', args.digit_size, args.digits_test_fraction, args.seed)
+    print(f'demo data: {digit_counts["train"]} train / {digit_counts["test"]} test handwritten digits of 10 classes, '
+          f'{args.digit_size}x{args.digit_size}, in {out}/digits (mmpretrain CustomDataset)')
 
 
 if __name__ == '__main__':
