@@ -151,3 +151,18 @@ def test_whole_bf16_training_step_replays_in_a_cuda_graph():
         replay_losses.append(static_loss.item())
     assert replay_losses == pytest.approx(eager_losses, rel=1e-2)
     assert replay_losses[2] < replay_losses[0]
+
+
+def test_backbone_compile_option_compiles_its_forward_and_equals_eager():
+    """``VMamba(compile=...)``, the config switch: the module's forward runs compiled, with the same results."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    compiled = VMamba(SMALL['v1'], compile=dict(backend='aot_eager', fullgraph=True)).train()
+    eager = VMamba(SMALL['v1']).train()
+    eager.load_state_dict(compiled.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert_same(forward_backward(compiled, compiled, x), forward_backward(eager, eager, x), 1e-5)
+    assert compiled._compiled_call_impl is not None
+    with pytest.raises(TypeError, match='compile must be'):
+        VMamba(SMALL['v1'], compile='yes')

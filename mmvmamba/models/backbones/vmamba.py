@@ -303,6 +303,10 @@ class VMamba(BaseModule):
             For classification use ``(3,)``: ``outnorm3`` is the authors' ``classifier.norm``.
         frozen_stages: freeze the patch embedding (``>= 0``) and stages ``0 .. frozen_stages - 1`` (-1: nothing).
         with_cp: gradient checkpointing per block (saves memory, costs a second forward).
+        compile: ``torch.compile`` the backbone's forward (``True``, or a dict of ``torch.compile`` options such as
+            ``dict(mode='max-autotune-no-cudagraphs')``): the backbone is one graph, and the compiler fuses the
+            elementwise work around the scans. Its first iterations compile (about a minute per new input shape on a
+            GPU; sizes then become dynamic); the rest of a detector or segmentor stays eager.
         pretrained: path of a checkpoint, shorthand for ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, key='auto')``; key picks 'model', 'model_ema' or
             'state_dict' in the file ('auto': 'state_dict', else 'model'). Loading is strict (see ``load_checkpoint``).
@@ -310,8 +314,8 @@ class VMamba(BaseModule):
     """
 
     def __init__(self, arch: str | dict = 'tiny', in_channels: int = 3, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, with_cp: bool = False, pretrained: str | None = None,
-                 init_cfg: dict | None = None, **arch_overrides: Any):
+                 frozen_stages: int = -1, with_cp: bool = False, compile: bool | dict = False,
+                 pretrained: str | None = None, init_cfg: dict | None = None, **arch_overrides: Any):
         unknown = set(arch_overrides) - set(ARCH_FIELDS)
         if unknown:
             raise TypeError(f'VMamba got unknown arguments {sorted(unknown)}; arch fields that can be overridden are '
@@ -354,6 +358,10 @@ class VMamba(BaseModule):
             self.add_module(f'outnorm{i}', LayerNorm(self.dims[i]))
         self.apply(self._init_module)
         self._freeze_stages()
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f'compile must be True, False or a dict of torch.compile options, got {compile!r}.')
+        if compile:
+            self.compile(**({} if compile is True else compile))
 
     @staticmethod
     def _init_module(m: nn.Module) -> None:
