@@ -32,6 +32,7 @@ from mmvmamba.engine import (
     newest_intact_checkpoint,
     read_training_checkpoint,
 )
+from mmvmamba.engine.amp import detection_ops_in_float32
 from mmvmamba.engine.model_match import check_checkpoint_matches
 from mmvmamba.engine.safe_load import UNSAFE_LOAD_FLAG
 
@@ -252,7 +253,7 @@ def setup_distributed(cfg: Config) -> None:
 def setup_amp(cfg: Config, amp: str | None) -> None:
     """Turn on mixed precision: AmpOptimWrapper on CUDA, bfloat16 autocast on CPU.
 
-    Detectors are refused bfloat16: mmcv's RoIAlign and NMS kernels (CPU and CUDA) take float32 or float16 only.
+    Under bfloat16, mmcv's RoIAlign and NMS (no bfloat16 kernels, CPU or CUDA) run in float32.
     """
     if amp is None:
         return
@@ -260,8 +261,7 @@ def setup_amp(cfg: Config, amp: str | None) -> None:
     if not cuda and amp == 'fp16':
         raise ValueError('--amp fp16 needs CUDA; on CPU --amp means bfloat16 autocast.')
     if cfg.default_scope == 'mmdet' and (amp == 'bf16' or not cuda):
-        raise ValueError('mmcv\'s detection ops (RoIAlign, NMS) have no bfloat16 kernels: train detectors with --amp '
-                         '(float16) on CUDA, and in float32 on CPU.')
+        detection_ops_in_float32()
     wrapper = cfg.optim_wrapper
     if cuda:
         wrapper.type = 'AmpOptimWrapper'
