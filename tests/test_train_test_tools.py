@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmvmamba.engine import load_checkpoint_file
 from tests.conftest import DEMO_NUM_VAL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,14 +147,14 @@ def test_resume_after_kill(demo_data, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert last.exists(), 'the run stopped or timed out before its first checkpoint'
-    killed_at = torch.load(last.read_text().strip(), map_location='cpu', weights_only=False)['meta']['iter']
+    killed_at = load_checkpoint_file(last.read_text().strip())['meta']['iter']
     assert 2 <= killed_at < iters and not (work / f'iter_{iters}.pth').exists()
 
     output = run(args + ['--resume'])
     assert f'resumed epoch: 0, iter: {killed_at}' in output
     logged = [int(i) for i in re.findall(r'Iter\(train\) \[ *(\d+)/', output)]
     assert logged == list(range(killed_at + 1, iters + 1))
-    final = torch.load(work / f'iter_{iters}.pth', map_location='cpu', weights_only=False)
+    final = load_checkpoint_file(work / f'iter_{iters}.pth')
     assert final['meta']['iter'] == iters
     steps = {float(state['step']) for state in final['optimizer']['state'].values()}
     assert steps == {float(iters)}, 'AdamW step counts must continue from the checkpoint, not restart'
