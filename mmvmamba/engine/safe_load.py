@@ -101,9 +101,10 @@ def _file_kind(path: str) -> str:
 def _refused(path: str, names: list[str]) -> CheckpointError:
     return CheckpointError(
         f'Refusing to load {path!r}: it holds objects of type {", ".join(sorted(names))}, which a checkpoint of '
-        f'weights never needs; loading them would run code from the file. If you trust the file and its author (e.g. '
-        f'a checkpoint written by an older version of these tools), pass {UNSAFE_LOAD_FLAG} (tools/train.py, '
-        f'tools/test.py, tools/convert_checkpoint.py), which runs the code in it.')
+        f'weights never needs and a weights_only=True load does not create; loading them would run code from the '
+        f'file. If you trust the file and its author (e.g. a checkpoint written by an older version of these tools), '
+        f'pass {UNSAFE_LOAD_FLAG} (tools/train.py, tools/test.py, tools/convert_checkpoint.py), which runs the code '
+        f'in it.')
 
 
 def _truncated(path: str, size: int) -> CheckpointError:
