@@ -154,3 +154,19 @@ def test_random_state_is_saved_and_restored(tmp_path):
     runner.train()
     assert torch.equal(torch.rand(3), expected)
 
+
+
+@pytest.mark.parametrize('hooks,expected', [
+    (None, dict(type='AtomicCheckpointHook', interval=1)),
+    (dict(checkpoint=dict(type='CheckpointHook', interval=5)), dict(type='AtomicCheckpointHook', interval=5)),
+    (dict(checkpoint=None), None),
+    (dict(checkpoint=dict(type='MyCheckpointHook')), dict(type='MyCheckpointHook')),
+], ids=['default', 'mmengine', 'disabled', 'custom'])
+def test_train_tool_makes_checkpoints_atomic_and_saves_random_states(hooks, expected):
+    from mmengine.config import Config
+
+    from tests.test_train_test_tools import import_train_tool
+    cfg = Config({} if hooks is None else dict(default_hooks=hooks))
+    import_train_tool().add_run_safety_hooks(cfg)
+    assert cfg.default_hooks.checkpoint == expected
+    assert cfg.custom_hooks == [dict(type='RandomStateHook')]

@@ -172,9 +172,10 @@ def add_run_safety_hooks(cfg: Config) -> None:
     """Atomic checkpoints (:class:`AtomicCheckpointHook` in place of MMEngine's ``CheckpointHook``) and random states
     saved with them (:class:`RandomStateHook`), so that a killed run resumes exactly."""
     hooks = cfg.get('default_hooks') or ConfigDict()
-    checkpoint = hooks.get('checkpoint')
-    if checkpoint is not None and checkpoint.get('type') in ('CheckpointHook', AtomicCheckpointHook.__name__):
-        checkpoint.type = AtomicCheckpointHook.__name__
+    if 'checkpoint' not in hooks:  # MMEngine's default hook, atomic
+        hooks.checkpoint = ConfigDict(type=AtomicCheckpointHook.__name__, interval=1)
+    elif hooks.checkpoint is not None and hooks.checkpoint.get('type') == 'CheckpointHook':
+        hooks.checkpoint.type = AtomicCheckpointHook.__name__
     cfg.default_hooks = hooks
     custom = list(cfg.get('custom_hooks') or [])
     if not any(hook.get('type') == RandomStateHook.__name__ for hook in custom):
