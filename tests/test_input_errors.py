@@ -106,8 +106,7 @@ def test_missing_config(tool, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize('tool', ['train', 'test'])
-@pytest.mark.parametrize('task', sorted(CONFIGS))
+@pytest.mark.parametrize('task,tool', [('mask_rcnn', 'train'), ('upernet', 'test')])
 def test_demo_config_before_its_data_exists(task, tool, tmp_path):
     """Run from a folder without data/demo (a fresh clone): the error says which path is missing and the command that
     writes the demo data."""
