@@ -1,4 +1,20 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_NUM_VAL = 3
+
+
+@pytest.fixture(scope='session')
+def demo_data(tmp_path_factory) -> Path:
+    """The demo's synthetic data sets (tools/make_demo_data.py), small: 8 training and 3 validation images."""
+    out = tmp_path_factory.mktemp('demo_data')
+    subprocess.run([sys.executable, 'tools/make_demo_data.py', '--out', str(out), '--num-train', '8', '--num-val',
+                    str(DEMO_NUM_VAL)], cwd=ROOT, check=True, capture_output=True)
+    return out
 
 
 def pytest_configure(config):

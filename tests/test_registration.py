@@ -32,7 +32,10 @@ def test_import_needs_no_downstream_package():
     assert result.stdout.strip() == 'VMamba'
 
 
-def test_authors_classifier_gives_identical_logits_in_mmpretrain():
+def test_mmpretrain_head_applies_the_authors_classifier_norm_pool_head_to_stage3_features():
+    """The classifier key mapping only: the converted state in an mmpretrain ImageClassifier gives the logits of the
+    authors' norm -> average pool -> head on the same stage-3 features (the body's equality with the authors' model
+    is tests/test_fidelity.py)."""
     from mmpretrain.registry import MODELS
     classifier = MODELS.build(dict(
         type='ImageClassifier',

@@ -20,20 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmvmamba.utils import amp
+from mmvmamba.engine import amp, load_checkpoint_file
+from tests.conftest import DEMO_NUM_VAL
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {'mask_rcnn': 'configs/demo/mask_rcnn_vmamba_demo.py', 'upernet': 'configs/demo/upernet_vmamba_demo.py'}
 METRICS = {'mask_rcnn': ('coco/bbox_mAP', 'coco/segm_mAP'), 'upernet': ('mIoU', 'aAcc')}
-NUM_VAL = 3
-
-
-@pytest.fixture(scope='module')
-def demo_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp('demo_data')
-    subprocess.run([sys.executable, 'tools/make_demo_data.py', '--out', str(out), '--num-train', '8', '--num-val',
-                    str(NUM_VAL)], cwd=ROOT, check=True, capture_output=True)
-    return out
 
 
 def demo_options(task: str, data: Path, iters: int, checkpoint_interval: int | None = None) -> list[str]:
@@ -61,11 +53,12 @@ def tool_env() -> dict[str, str]:
     return dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
 
 
-def run(args: list[str], timeout: int = 300) -> str:
-    result = subprocess.run(args, cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=timeout,
+def run(args: list[str], timeout: int = 300, succeeds: bool = True, cwd: Path = ROOT) -> str:
+    """Run a tool, return its stdout and stderr; assert that it succeeds (``succeeds=False``: that it fails)."""
+    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout,
                             check=False)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f'{" ".join(args)} failed:\n{output[-6000:]}'
+    assert (result.returncode == 0) == succeeds, f'{" ".join(args)} exited {result.returncode}:\n{output[-6000:]}'
     return output
 
 
@@ -102,9 +95,9 @@ def test_dist_train_then_test(task, procs, demo_data, tmp_path):
     for key in METRICS[task]:
         assert 0 <= metrics[key] <= (1 if task == 'mask_rcnn' else 100), (key, metrics)
     if procs == 1:
-        assert len(pickle.loads((tmp_path / 'out.pkl').read_bytes())) == NUM_VAL
+        assert len(pickle.loads((tmp_path / 'out.pkl').read_bytes())) == DEMO_NUM_VAL
         painted = [p for p in (tmp_path / 'show').rglob('*') if p.suffix in ('.jpg', '.png')]
-        assert len(painted) == NUM_VAL
+        assert len(painted) == DEMO_NUM_VAL
 
 
 def test_classifier_train_and_test(tmp_path):
@@ -154,24 +147,26 @@ def test_resume_after_kill(demo_data, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert last.exists(), 'the run stopped or timed out before its first checkpoint'
-    killed_at = torch.load(last.read_text().strip(), map_location='cpu', weights_only=False)['meta']['iter']
+    killed_at = load_checkpoint_file(last.read_text().strip())['meta']['iter']
     assert 2 <= killed_at < iters and not (work / f'iter_{iters}.pth').exists()
 
     output = run(args + ['--resume'])
     assert f'resumed epoch: 0, iter: {killed_at}' in output
     logged = [int(i) for i in re.findall(r'Iter\(train\) \[ *(\d+)/', output)]
     assert logged == list(range(killed_at + 1, iters + 1))
-    final = torch.load(work / f'iter_{iters}.pth', map_location='cpu', weights_only=False)
+    final = load_checkpoint_file(work / f'iter_{iters}.pth')
     assert final['meta']['iter'] == iters
     steps = {float(state['step']) for state in final['optimizer']['state'].values()}
     assert steps == {float(iters)}, 'AdamW step counts must continue from the checkpoint, not restart'
 
 
-def test_amp_training_losses_are_finite(demo_data, tmp_path):
-    """--amp on CPU: bfloat16 autocast (MMEngine's AmpOptimWrapper needs CUDA)."""
-    config, work = CONFIGS['upernet'], tmp_path / 'work'
+@pytest.mark.parametrize('task', sorted(CONFIGS))
+def test_amp_training_losses_are_finite(task, demo_data, tmp_path):
+    """--amp on CPU: bfloat16 autocast (MMEngine's AmpOptimWrapper needs CUDA); Mask R-CNN's RoIAlign and NMS run in
+    float32."""
+    config, work = CONFIGS[task], tmp_path / 'work'
     log = run([sys.executable, 'tools/train.py', config, '--amp', '--work-dir', str(work), '--cfg-options',
-               *demo_options('upernet', demo_data, iters=3)])
+               *demo_options(task, demo_data, iters=3)])
     losses = train_losses(log)
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses), losses
     assert "type='CPUAutocastOptimWrapper'" in (work / Path(config).name).read_text()
@@ -197,8 +192,9 @@ def test_cpu_autocast_optim_wrapper_runs_forward_in_bfloat16():
 
 @pytest.mark.parametrize('cuda', [False, True])
 def test_amp_settings(cuda, monkeypatch):
-    """--amp: AmpOptimWrapper on CUDA (fp16 by default), bf16 autocast on CPU; bfloat16 is refused for detectors,
-    whose mmcv ops (RoIAlign, NMS) have no bfloat16 kernels."""
+    """--amp: AmpOptimWrapper on CUDA (fp16 by default), bf16 autocast on CPU; for detectors under bfloat16, mmcv's
+    RoIAlign and NMS (no bfloat16 kernels) are made to run in float32."""
+    from mmcv.ops import RoIAlign
     from mmengine.config import Config
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
 
@@ -215,8 +211,31 @@ def test_amp_settings(cuda, monkeypatch):
         assert amp_wrapper('mmseg', 'default').type == 'CPUAutocastOptimWrapper'
         with pytest.raises(ValueError, match='needs CUDA'):
             amp_wrapper('mmseg', 'fp16')
-    with pytest.raises(ValueError, match='bfloat16'):
-        amp_wrapper('mmdet', 'bf16' if cuda else 'default')
+    monkeypatch.setattr(RoIAlign, 'forward', RoIAlign.forward)  # undone after the test
+    detector = amp_wrapper('mmdet', 'bf16' if cuda else 'default')
+    assert detector.type == ('AmpOptimWrapper' if cuda else 'CPUAutocastOptimWrapper')
+    assert RoIAlign.forward.float32_island
+
+
+def test_detection_ops_run_in_float32_under_bf16_autocast(monkeypatch):
+    """RoIAlign and NMS on bfloat16 inputs: float32 kernels, bfloat16 results equal to the float32 ones (rounded)."""
+    from mmcv.ops import RoIAlign, batched_nms
+
+    from mmvmamba.engine.amp import detection_ops_in_float32
+    nms_module = importlib.import_module('mmcv.ops.nms')
+    monkeypatch.setattr(RoIAlign, 'forward', RoIAlign.forward)
+    monkeypatch.setattr(nms_module, 'nms', nms_module.nms)
+    detection_ops_in_float32()
+    features, rois = torch.randn(1, 4, 16, 16), torch.tensor([[0.0, 1.0, 2.0, 9.0, 12.0]])
+    roi_align = RoIAlign((3, 3), spatial_scale=1.0, sampling_ratio=2)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        pooled = roi_align(features.bfloat16(), rois.bfloat16())
+    assert pooled.dtype == torch.bfloat16
+    assert torch.equal(pooled, roi_align(features.bfloat16().float(), rois.bfloat16().float()).bfloat16())
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    scores, ids = torch.tensor([0.9, 0.8, 0.7]), torch.zeros(3)
+    dets, keep = batched_nms(boxes.bfloat16(), scores.bfloat16(), ids, dict(iou_threshold=0.5))
+    assert keep.tolist() == [0, 2] and dets.dtype == torch.bfloat16
 
 
 def test_teardown_destroys_the_process_group():
@@ -228,3 +247,14 @@ def test_teardown_destroys_the_process_group():
     train.teardown_distributed()
     assert not torch.distributed.is_initialized()
     train.teardown_distributed()  # nothing to do: no error
+
+
+def test_compile_switch_compiles_a_vmamba_backbone_and_refuses_others():
+    from mmengine.config import Config
+    train = import_train_tool()
+    cfg = Config.fromfile(str(ROOT / CONFIGS['upernet']))
+    train.compile_backbone(cfg)
+    assert cfg.model.backbone.compile is True
+    swin = Config(dict(model=dict(backbone=dict(type='SwinTransformer'))))
+    with pytest.raises(ValueError, match="--compile compiles a VMamba backbone.*'SwinTransformer'.*compile=True"):
+        train.compile_backbone(swin)

@@ -15,13 +15,18 @@ from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
 from mmengine.runner import Runner
 from train import (
-    allow_mmengine_checkpoints,
+    add_unsafe_load_option,
     build_runner,
+    check_dataset_paths,
+    check_runner_checkpoint,
+    force_weights_only_loads,
     load_config,
     register_scope,
     setup_distributed,
     teardown_distributed,
 )
+
+from mmvmamba.engine import allow_unsafe_load, load_checkpoint_file
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,6 +42,7 @@ def parse_args() -> argparse.Namespace:
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value pairs, e.g. test_dataloader.batch_size=2; lists as key="[a,b]", '
         'no white space')
+    add_unsafe_load_option(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -83,11 +89,12 @@ def add_dump_metric(runner: Runner, scope: str, out: str) -> None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
 
 
-def main() -> None:
-    args = parse_args()
-    allow_mmengine_checkpoints()
+def run_test(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
+    check_dataset_paths(cfg, args.config, ['test_dataloader'], ['test_evaluator'])
+    source = 'the checkpoint to test'
+    checkpoint = load_checkpoint_file(args.checkpoint, source=source, mmap=True)
     scope = register_scope(cfg)
     setup_distributed(cfg)
     if args.show_dir:
@@ -99,12 +106,21 @@ def main() -> None:
         enable_tta(cfg)
 
     runner = build_runner(cfg)
+    check_runner_checkpoint(runner, checkpoint, args.checkpoint, source, args.config, strict=True)
+    del checkpoint
     if args.out is not None:
         add_dump_metric(runner, scope, args.out)
     metrics = runner.test()
     if is_main_process():
         print('metrics: ' + json.dumps(metrics, default=float), flush=True)
     teardown_distributed()
+
+
+def main() -> None:
+    args = parse_args()
+    force_weights_only_loads(args.unsafe_load)
+    with allow_unsafe_load(args.unsafe_load):
+        run_test(args)
 
 
 if __name__ == '__main__':

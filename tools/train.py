@@ -13,6 +13,7 @@ import importlib
 import os
 import os.path as osp
 import subprocess
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -21,20 +22,37 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmvmamba.utils.amp import setup_amp
+from mmvmamba.engine import (
+    AtomicCheckpointHook,
+    RandomStateHook,
+    allow_unsafe_load,
+    load_checkpoint_file,
+    newest_intact_checkpoint,
+    read_training_checkpoint,
+)
+from mmvmamba.engine.amp import setup_amp
+from mmvmamba.engine.model_match import check_checkpoint_matches
+from mmvmamba.engine.safe_load import UNSAFE_LOAD_FLAG
 
 # default_scope -> module whose register_all_modules() registers that codebase
 SCOPES = {'mmdet': 'mmdet.utils', 'mmseg': 'mmseg.utils', 'mmpretrain': 'mmpretrain.utils'}
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Let MMEngine load its own checkpoints (``--resume``, ``load_from``, the checkpoint under test).
+def force_weights_only_loads(unsafe: bool) -> None:
+    """Make every ``torch.load`` of the process (and of its workers) use ``weights_only=True``, also in code that asks
+    for less; ``unsafe`` (``--unsafe-load``) lifts it. MMEngine's own types are allowed while a checkpoint is read
+    (:mod:`mmvmamba.engine.safe_load`)."""
+    os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    if unsafe:
+        os.environ.pop('TORCH_FORCE_WEIGHTS_ONLY_LOAD', None)
+    else:
+        os.environ['TORCH_FORCE_WEIGHTS_ONLY_LOAD'] = '1'
 
-    They hold the message hub's numpy buffers, which torch >= 2.6 refuses under its ``weights_only=True`` default;
-    MMEngine 0.10 does not pass ``weights_only``. Loads that ask for ``weights_only=True`` explicitly, like the VMamba
-    pretrained-weights loader, stay restricted. Load only checkpoints you trust.
-    """
-    os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+def add_unsafe_load_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(UNSAFE_LOAD_FLAG, action='store_true',
+                        help='read checkpoints with weights_only=False: RUNS ANY CODE IN THE FILES. Only for trusted '
+                        'files that hold other objects than weights (e.g. written by old versions of these tools)')
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,6 +65,9 @@ def parse_args() -> argparse.Namespace:
         'scaling) on CUDA and bfloat16 autocast on CPU (segmentors and classifiers); --amp bf16 / fp16 picks the dtype')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the total batch size over auto_scale_lr.base_batch_size')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the VMamba backbone (model.backbone.compile=True): the first iterations '
+                        'compile, about a minute per new input size on a GPU; the rest of the model stays eager')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint, or with no path from the latest checkpoint in the work dir')
@@ -54,6 +75,7 @@ def parse_args() -> argparse.Namespace:
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value pairs, e.g. model.backbone.init_cfg=None '
         'train_dataloader.batch_size=4; lists as key="[a,b]", nested as key="[(a,b),(c,d)]", no white space')
+    add_unsafe_load_option(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torchrun sets LOCAL_RANK instead)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -64,6 +86,9 @@ def parse_args() -> argparse.Namespace:
 
 def load_config(path: str, cfg_options: dict | None, work_dir: str | None, launcher: str) -> Config:
     """Read the config, apply --cfg-options and the work dir (CLI > config > ./work_dirs/CONFIG_NAME)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Config file not found: {path!r}. The configs are under configs/ (e.g. '
+                                f'configs/demo/mask_rcnn_vmamba_demo.py); check the path.')
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:
@@ -82,6 +107,91 @@ def register_scope(cfg: Config) -> str:
         raise ValueError(f'default_scope must be one of {sorted(SCOPES)}, got {scope!r}: set it in the config.')
     importlib.import_module(SCOPES[scope]).register_all_modules(init_default_scope=False)
     return scope
+
+
+def _datasets(node: dict) -> Iterator[dict]:
+    """The leaf data sets of a dataset config (through wrappers such as RepeatDataset and ConcatDataset)."""
+    if 'dataset' in node:
+        yield from _datasets(node['dataset'])
+    elif 'datasets' in node:
+        for child in node['datasets']:
+            yield from _datasets(child)
+    else:
+        yield node
+
+
+def _dataset_paths(dataset: dict) -> Iterator[tuple[str, str]]:
+    """(config field, path) of the folders and files a data set config names, relative paths joined to data_root."""
+    root = dataset.get('data_root') or ''
+    if root:
+        yield 'data_root', root
+    if dataset.get('ann_file'):
+        yield 'ann_file', osp.join(root, dataset['ann_file'])
+    prefix = dataset.get('data_prefix') or {}
+    for key, folder in (prefix.items() if isinstance(prefix, dict) else [('', prefix)]):
+        if isinstance(folder, str) and folder:
+            yield f'data_prefix.{key}' if key else 'data_prefix', osp.join(root, folder)
+
+
+def check_dataset_paths(cfg: Config, config_path: str, loaders: Sequence[str], evaluators: Sequence[str]) -> None:
+    """Raise before anything is built when a data set folder or annotation file the config names does not exist; for
+    the demo's data, say the command that writes it."""
+    paths = [(f'{loader}.dataset.{field}', path) for loader in loaders if cfg.get(loader)
+             for dataset in _datasets(cfg[loader]['dataset']) for field, path in _dataset_paths(dataset)]
+    for evaluator in evaluators:
+        metrics = cfg.get(evaluator)
+        for metric in metrics if isinstance(metrics, list) else [metrics]:
+            if isinstance(metric, dict) and metric.get('ann_file'):
+                paths.append((f'{evaluator}.ann_file', metric['ann_file']))
+    for field, path in paths:
+        if osp.exists(path):
+            continue
+        if 'data/demo' in osp.normpath(path).replace(osp.sep, '/'):
+            fix = ('The demo data is synthetic and written by a tool: run `python tools/make_demo_data.py` (it writes '
+                   'data/demo), then run this command again.')
+        else:
+            fix = (f'See docs/data_preparation.md for where the data goes, or point the config at your copy with '
+                   f'--cfg-options {field}=PATH.')
+        raise FileNotFoundError(f'The data set of {config_path} is missing: {field} = {path!r} does not exist. {fix}')
+
+
+def add_run_safety_hooks(cfg: Config) -> None:
+    """Atomic checkpoints (:class:`AtomicCheckpointHook` in place of MMEngine's ``CheckpointHook``) and random states
+    saved with them (:class:`RandomStateHook`), so that a killed run resumes exactly."""
+    hooks = cfg.get('default_hooks') or ConfigDict()
+    if 'checkpoint' not in hooks:  # MMEngine's default hook, atomic
+        hooks.checkpoint = ConfigDict(type=AtomicCheckpointHook.__name__, interval=1)
+    elif hooks.checkpoint is not None and hooks.checkpoint.get('type') == 'CheckpointHook':
+        hooks.checkpoint.type = AtomicCheckpointHook.__name__
+    cfg.default_hooks = hooks
+    custom = list(cfg.get('custom_hooks') or [])
+    if not any(hook.get('type') == RandomStateHook.__name__ for hook in custom):
+        custom.append(dict(type=RandomStateHook.__name__))
+    cfg.custom_hooks = custom
+
+
+def resolve_checkpoint(cfg: Config, resume: str | None) -> tuple[str | None, dict | None, str]:
+    """Set ``cfg.resume`` / ``cfg.load_from`` from ``--resume`` and read the checkpoint that will be loaded (tensors
+    mapped, nothing run): returns its path, its contents and where it came from.
+
+    ``--resume`` alone takes the newest intact checkpoint of the work dir, skipping (and naming) unreadable ones.
+    """
+    if resume == 'auto':
+        path = newest_intact_checkpoint(cfg.work_dir)
+        if path is None:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir}, training from the start', logger='current')
+        cfg.resume, cfg.load_from = path is not None, path
+        source = '--resume'
+    elif resume is not None:
+        cfg.resume, cfg.load_from = True, resume
+        path, source = resume, '--resume'
+    else:
+        path, source = cfg.get('load_from'), 'load_from'
+    if path is None:
+        return None, None, source
+    if cfg.resume:
+        return path, read_training_checkpoint(path, source), source
+    return path, load_checkpoint_file(path, source=source, mmap=True), source
 
 
 def _slurm_to_torch_env() -> None:
@@ -141,28 +251,52 @@ def build_runner(cfg: Config) -> Runner:
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
-def main() -> None:
-    args = parse_args()
-    allow_mmengine_checkpoints()
+def compile_backbone(cfg: Config) -> None:
+    """``--compile``: the config's VMamba backbone compiles its forward (see ``VMamba``'s ``compile``)."""
+    backbone = cfg.model.get('backbone')
+    if not isinstance(backbone, dict) or backbone.get('type') != 'VMamba':
+        found = backbone.get('type') if isinstance(backbone, dict) else backbone
+        raise ValueError(f'--compile compiles a VMamba backbone; this config\'s model.backbone is {found!r}. Use '
+                         f'MMEngine\'s own switch for other models: --cfg-options compile=True.')
+    backbone.setdefault('compile', True)
+
+
+def check_runner_checkpoint(runner: Runner, checkpoint: dict | None, path: str | None, source: str, config: str,
+                            strict: bool) -> None:
+    """Refuse, before any work, a checkpoint that is not for the runner's model (see ``check_checkpoint_matches``)."""
+    if checkpoint is not None:
+        check_checkpoint_matches(runner.model, checkpoint, path, source, config, strict)
+
+
+def run_training(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    check_dataset_paths(cfg, args.config, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []),
+                        ['val_evaluator'] if cfg.get('val_cfg') else [])
+    path, checkpoint, source = resolve_checkpoint(cfg, args.resume)
     register_scope(cfg)
     setup_distributed(cfg)
     setup_amp(cfg, args.amp)
+    if args.compile:
+        compile_backbone(cfg)
+    add_run_safety_hooks(cfg)
 
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ValueError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=...) in the config.')
         cfg.auto_scale_lr.enable = True
 
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
-
-    build_runner(cfg).train()
+    runner = build_runner(cfg)
+    check_runner_checkpoint(runner, checkpoint, path, source, args.config, strict=cfg.resume)
+    del checkpoint
+    runner.train()
     teardown_distributed()
+
+
+def main() -> None:
+    args = parse_args()
+    force_weights_only_loads(args.unsafe_load)
+    with allow_unsafe_load(args.unsafe_load):
+        run_training(args)
 
 
 if __name__ == '__main__':

@@ -8,17 +8,16 @@ mismatches) is an error that lists the keys: a checkpoint is never silently half
 """
 from __future__ import annotations
 
-import os
-import pickle
 import re
 from collections.abc import Mapping
 
 import torch
 from mmengine.logging import print_log
 
+from ..engine.safe_load import CheckpointError, load_checkpoint_file
 from .backbones.vmamba import VMamba
 
-# early checkpoints of the authors (section 6 of the specification): (pattern, replacement) on whole key prefixes
+# early checkpoints of the authors (see docs/design.md, "Checkpoint keys"): (pattern, replacement) on key prefixes
 LEGACY_RENAMES = (
     (r'^patch_embed\.proj\.', 'patch_embed.0.'),
     (r'^patch_embed\.norm\.', 'patch_embed.2.'),
@@ -28,22 +27,18 @@ LEGACY_RENAMES = (
     (r'^head\.', 'classifier.head.'),
 )
 CHECKPOINT_KEYS = ('state_dict', 'model', 'model_ema')
+INIT_CFG_SOURCE = ('model.backbone.init_cfg.checkpoint or pretrained=; set it with --cfg-options '
+                   'model.backbone.init_cfg.checkpoint=PATH')
 
 
-def read_checkpoint(path: str) -> dict:
-    """Load a local checkpoint file with ``weights_only=True``; clear errors for missing or non-checkpoint files."""
-    if re.match(r'^[a-z]+://', str(path)):
-        raise ValueError(f'Checkpoint {path!r} is a URL; nothing is downloaded at run time. Download it and give '
-                         f'the local path.')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'VMamba checkpoint not found: {path!r}. Fix the path in init_cfg.checkpoint (or '
-                                f'pretrained=), e.g. with --cfg-options model.backbone.init_cfg.checkpoint=PATH.')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(f'{path!r} is not a PyTorch checkpoint that loads with weights_only=True: {err}') from err
+def read_checkpoint(path: str, source: str = 'the checkpoint path') -> dict:
+    """Load a local checkpoint file with ``weights_only=True`` (see :func:`mmvmamba.engine.load_checkpoint_file`);
+    ``source`` says where the path was given, for the messages. Raises :class:`CheckpointError` for missing, damaged,
+    unsafe or non-checkpoint files."""
+    ckpt = load_checkpoint_file(path, source=source)
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f'{path!r} holds a {type(ckpt).__name__}, not a checkpoint dict.')
+        raise CheckpointError(f'{path!r} ({source}) holds a {type(ckpt).__name__}, not a checkpoint dict: give a '
+                              f'file written by torch.save of a dict (a state dict or a training checkpoint).')
     return dict(ckpt)
 
 
@@ -169,7 +164,7 @@ def load_state_dict_strict(model: VMamba, state: Mapping[str, torch.Tensor], sou
 
 def load_checkpoint(model: VMamba, path: str, key: str = 'auto') -> dict:
     """Read ``path`` and load it into ``model`` strictly (see :func:`load_state_dict_strict`); logs what changed."""
-    state = select_state_dict(read_checkpoint(path), key)
+    state = select_state_dict(read_checkpoint(path, source=INIT_CFG_SOURCE), key)
     report = load_state_dict_strict(model, state, source=f'Checkpoint {path!r}')
     print_log(f'VMamba: loaded {report["loaded"]} tensors from {path} (key={key}); renamed {len(report["renamed"])} '
               f'legacy keys, mapped {report["mapped"] or "nothing"}, dropped {len(report["dropped"])} non-backbone '

@@ -23,7 +23,7 @@ from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
-from mmvmamba.utils.amp import setup_amp
+from mmvmamba.engine.amp import setup_amp
 from mmvmamba.utils.cli import default_device
 from mmvmamba.utils.config import build_from_config, load_config
 from mmvmamba.utils.timing import peak_rss_bytes, time_step

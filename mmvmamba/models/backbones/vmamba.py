@@ -398,6 +398,9 @@ class VMamba(BaseModule):
         return self
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if not x.is_floating_point():
+            raise ValueError(f'VMamba expects floating-point images, got {x.dtype}; convert them with images.float() '
+                             f'(and normalise them, as the data preprocessor does) before the backbone.')
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'VMamba expects images (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}; '
                              f'set in_channels to your channel count.')
