@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
 from mmengine.runner import Runner
 from train import (
-    add_unsafe_load_option,
     build_runner,
     check_dataset_paths,
     check_runner_checkpoint,
-    force_weights_only_loads,
     load_config,
+    parse_launch_args,
     register_scope,
+    run_under_load_policy,
     setup_distributed,
     teardown_distributed,
 )
 
-from mmvmamba.engine import allow_unsafe_load, load_checkpoint_file
+from mmvmamba.engine import load_checkpoint_file
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,11 +41,7 @@ def parse_args() -> argparse.Namespace:
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value pairs, e.g. test_dataloader.batch_size=2; lists as key="[a,b]", '
         'no white space')
-    add_unsafe_load_option(parser)
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    args = parse_launch_args(parser)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error('--out must be a .pkl or .pickle file')
     return args
@@ -117,10 +112,7 @@ def run_test(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    args = parse_args()
-    force_weights_only_loads(args.unsafe_load)
-    with allow_unsafe_load(args.unsafe_load):
-        run_test(args)
+    run_under_load_policy(parse_args(), run_test)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ import importlib
 import os
 import os.path as osp
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -55,6 +55,18 @@ def add_unsafe_load_option(parser: argparse.ArgumentParser) -> None:
                         'files that hold other objects than weights (e.g. written by old versions of these tools)')
 
 
+def parse_launch_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Add the options the train and test tools share (--unsafe-load, --launcher, --local-rank), parse, and export
+    LOCAL_RANK."""
+    add_unsafe_load_option(parser)
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torchrun sets LOCAL_RANK instead)
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a model (mmdet, mmseg or mmpretrain config)')
     parser.add_argument('config', help='train config file path')
@@ -75,13 +87,7 @@ def parse_args() -> argparse.Namespace:
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value pairs, e.g. model.backbone.init_cfg=None '
         'train_dataloader.batch_size=4; lists as key="[a,b]", nested as key="[(a,b),(c,d)]", no white space')
-    add_unsafe_load_option(parser)
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
-    # torch.distributed.launch passes --local-rank (torchrun sets LOCAL_RANK instead)
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_launch_args(parser)
 
 
 def load_config(path: str, cfg_options: dict | None, work_dir: str | None, launcher: str) -> Config:
@@ -292,11 +298,15 @@ def run_training(args: argparse.Namespace) -> None:
     teardown_distributed()
 
 
-def main() -> None:
-    args = parse_args()
+def run_under_load_policy(args: argparse.Namespace, run: Callable[[argparse.Namespace], None]) -> None:
+    """``run(args)`` with every checkpoint read weights-only, unless ``--unsafe-load`` (the train and test tools)."""
     force_weights_only_loads(args.unsafe_load)
     with allow_unsafe_load(args.unsafe_load):
-        run_training(args)
+        run(args)
+
+
+def main() -> None:
+    run_under_load_policy(parse_args(), run_training)
 
 
 if __name__ == '__main__':
