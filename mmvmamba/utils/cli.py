@@ -69,6 +69,12 @@ def load_weights_from_args(model: nn.Module, args: argparse.Namespace) -> None:
         print(f'loaded {load_weights(model, args.checkpoint, args.checkpoint_key)}')
 
 
+def add_rounds_option(parser: argparse.ArgumentParser, measured: str) -> None:
+    """``--rounds R``: ``measured`` are measured R times, taking turns, and each one's median reported."""
+    parser.add_argument('--rounds', type=int, default=1,
+                        help=f'measure {measured} this many times, taking turns, and report medians')
+
+
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table with padded columns: a header row, a rule, and one row per entry of ``rows``."""
     cells = [[str(cell) for cell in row] for row in [header, *rows]]

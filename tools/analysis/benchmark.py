@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from mmvmamba.models import VMamba, VMambaClassifier
 from mmvmamba.models.backbones.vmamba import ARCH_ALIASES
-from mmvmamba.utils.cli import build_model_from_args, format_table, model_arguments, parse_model_args
+from mmvmamba.utils.cli import add_rounds_option, build_model_from_args, format_table, model_arguments, parse_model_args
 from mmvmamba.utils.config import TensorModel, get_backbone, model_kind
 from mmvmamba.utils.timing import kernel_seconds, time_step
 
@@ -82,8 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--cuda-graph', action='store_true',
                         help='capture each step (forward, or forward + backward + AdamW) in a CUDA graph and time '
                              'its replays (CUDA only)')
-    parser.add_argument('--rounds', type=int, default=1,
-                        help='measure every model this many times, in turns, and report medians')
+    add_rounds_option(parser, 'every model')
     parser.add_argument('--compare', action='store_true',
                         help='also run the matching timm Swin (and ConvNeXt-T), printing ratios against Swin')
     parser.add_argument('--det', action='store_true',

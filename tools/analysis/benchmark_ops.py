@@ -35,7 +35,7 @@ import types
 import torch
 
 from mmvmamba import ops
-from mmvmamba.utils.cli import format_table
+from mmvmamba.utils.cli import add_rounds_option, format_table
 
 reference = importlib.import_module(f'{ops.__name__}.reference')
 triton_backend = importlib.import_module(f'{ops.__name__}.triton_backend')
@@ -225,9 +225,7 @@ def main() -> None:
     parser.add_argument('--baseline', metavar='CHECKOUT',
                         help="root of another checkout of this repository: its fused kernel is timed too (whatever "
                              "--only says), as 'baseline fused', on the same inputs")
-    parser.add_argument('--rounds', type=int, default=1,
-                        help='time the implementations of a shape this many times, taking turns, and report each '
-                             "one's median (default 1)")
+    add_rounds_option(parser, 'the implementations of a shape')
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f'--rounds must be at least 1, got {args.rounds}')
