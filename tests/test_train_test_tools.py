@@ -48,14 +48,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def tool_env() -> dict[str, str]:
-    """The tools on CPU, one thread per process, a free port for torchrun."""
-    return dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+def tool_env(**overrides: str) -> dict[str, str]:
+    """The tools on CPU, one thread per process, a free port for torchrun; ``overrides`` set more variables."""
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+    return env | overrides
 
 
-def run(args: list[str], timeout: int = 300, succeeds: bool = True, cwd: Path = ROOT) -> str:
-    """Run a tool, return its stdout and stderr; assert that it succeeds (``succeeds=False``: that it fails)."""
-    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout,
+def run(args: list[str], timeout: int = 300, succeeds: bool = True, cwd: Path = ROOT,
+        env: dict[str, str] | None = None) -> str:
+    """Run a tool, return its stdout and stderr; assert that it succeeds (``succeeds=False``: that it fails).
+    ``env``: the environment (default :func:`tool_env`)."""
+    result = subprocess.run(args, cwd=cwd, env=env or tool_env(), capture_output=True, text=True, timeout=timeout,
                             check=False)
     output = result.stdout + result.stderr
     assert (result.returncode == 0) == succeeds, f'{" ".join(args)} exited {result.returncode}:\n{output[-6000:]}'
