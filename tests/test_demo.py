@@ -1,5 +1,5 @@
 """The embedded demo data (tools/make_demo_data.py), the digits classifier demo trained and tested through the tools,
-and the training-step benchmark (tools/analysis)."""
+and the training-step benchmarks (tools/analysis): one model, two models compared, N processes against one."""
 from __future__ import annotations
 
 import filecmp
@@ -169,3 +169,27 @@ def test_benchmark_train_step_on_cpu(tmp_path):
     ratio = re.search(r'ratio mask_rcnn_vmamba_demo / mask_rcnn_swin_t_1x: time x([\d.]+), memory x([\d.]+)',
                       result.stdout)
     assert ratio and float(ratio.group(1)) == round(results[0]['median_s'] / results[1]['median_s'], 2)
+
+
+def test_ddp_scaling_benchmark_times_two_gloo_processes_against_one(tmp_path):
+    """benchmark_ddp_scaling.py on CPU: one process, then 2 DDP processes over gloo training the demo Mask R-CNN;
+    images per second, speedup and efficiency follow from the medians, and DDP raised no gradient stride warning."""
+    out = tmp_path / 'scaling.json'
+    result = subprocess.run(
+        [sys.executable, 'tools/analysis/benchmark_ddp_scaling.py', 'configs/demo/mask_rcnn_vmamba_demo.py', '--gpus',
+         '2', '--batch', '1', '--size', '96', '128', '--boxes', '3', '--steps', '2', '--warmup', '0', '--device', 'cpu',
+         '--json', str(out)],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    scaling = json.loads(out.read_text())
+    single, parallel = scaling['runs']
+    assert [(run['processes'], len(run['median_s'])) for run in (single, parallel)] == [(1, 1), (2, 2)]
+    assert single['images_per_s'] == pytest.approx(1 / single['median_s'][0])
+    assert parallel['images_per_s'] == pytest.approx(2 / max(parallel['median_s']))
+    assert scaling['speedup'] == pytest.approx(parallel['images_per_s'] / single['images_per_s'])
+    assert scaling['efficiency'] == pytest.approx(scaling['speedup'] / 2) and scaling['size'] == [96, 128]
+    for run in (single, parallel):
+        assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'} <= set(run['losses'])
+        assert all(np.isfinite(list(run['losses'].values())))
+    assert parallel['stride_warnings'] == 0 and 'Grad strides do not match' not in result.stderr
+    assert f'= {scaling["efficiency"]:.2f} N (target >= 0.90 N on one host)' in result.stdout

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Test a checkpoint with GPUS processes per node through torchrun; NNODES, NODE_RANK, MASTER_ADDR and PORT set up
-# multi-node runs. GPUS <= 1 on one node runs one plain process. Without CUDA the processes run on CPU over gloo.
-# Usage: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [tools/test.py options, e.g. --aug-test]
+# Test a checkpoint with GPUS processes on this node through torchrun, one per GPU. Multi-node: run it on every node
+# with the same NNODES, MASTER_ADDR and PORT and this node's NODE_RANK (tools/dist_env.sh describes them and checks
+# them). GPUS <= 1 on one node runs one plain process. Without CUDA the processes run on CPU over gloo.
+# Usage: [NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500] \
+#     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [tools/test.py options, e.g. --aug-test]
 # PYTHON picks the interpreter (default: python).
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 PYTHON=${PYTHON:-python}
 TOOLS=$(cd "$(dirname "$0")" && pwd)
+source "$TOOLS/dist_env.sh"
+read_torchrun_env "$GPUS" "bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [tools/test.py options]"
 
 export PYTHONPATH="$TOOLS/..${PYTHONPATH:+:$PYTHONPATH}"
 if [[ $NNODES -eq 1 && $GPUS -le 1 ]]; then

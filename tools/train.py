@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -31,6 +32,7 @@ from mmvmamba.engine import (
     read_training_checkpoint,
 )
 from mmvmamba.engine.amp import setup_amp
+from mmvmamba.engine.grad_strides import align_grad_strides
 from mmvmamba.engine.model_match import check_checkpoint_matches
 from mmvmamba.engine.safe_load import UNSAFE_LOAD_FLAG
 
@@ -294,6 +296,8 @@ def run_training(args: argparse.Namespace) -> None:
     runner = build_runner(cfg)
     check_runner_checkpoint(runner, checkpoint, path, source, args.config, strict=cfg.resume)
     del checkpoint
+    if is_model_wrapper(runner.model):  # DDP: gradients in the layout of its buckets
+        align_grad_strides(runner.model)
     runner.train()
     teardown_distributed()
 

@@ -15,12 +15,14 @@ import argparse
 import gc
 import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from mmengine.config import DictAction
 from mmengine.logging import MMLogger
-from mmengine.optim import build_optim_wrapper
+from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.registry import init_default_scope
 
 from mmvmamba.engine.amp import setup_amp
@@ -78,24 +80,46 @@ def random_batch(scope: str, model: torch.nn.Module, batch: int, size: tuple[int
     return dict(inputs=images, data_samples=samples)
 
 
-def benchmark(path: str, args: argparse.Namespace) -> dict:
-    """Build the model and optim wrapper of ``path`` and time ``args.steps`` training steps."""
+@dataclass
+class TrainingStep:
+    """A config's model on its device with the config's optim wrapper and one random batch."""
+
+    scope: str
+    model: nn.Module
+    optim_wrapper: OptimWrapper
+    data: dict
+    size: tuple[int, int]
+
+    def run(self) -> dict:
+        """One training step, as MMEngine's runner takes it: ``model.train_step``; returns the losses."""
+        return self.model.train_step(self.data, self.optim_wrapper)
+
+
+def prepare_training_step(path: str, args: argparse.Namespace, device: torch.device) -> TrainingStep:
+    """Build the model (pretrained weights off) and optim wrapper of ``path`` on ``device`` and a random batch of
+    ``args.batch`` images of ``args.size`` (the scope's default size when None) with ``args.boxes`` objects each."""
     cfg = load_config(path, args.cfg_options)
     setup_amp(cfg, args.amp)
     scope = cfg.default_scope
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     init_default_scope(scope)
-    device = torch.device(args.device)
     model = build_from_config(cfg)
     model.init_weights()
     model = model.to(device)
     model.train()  # not chained: mmdet's SwinTransformer.train() returns None
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     size = tuple(args.size) if args.size else DEFAULT_SIZES[scope]
-    data = random_batch(scope, model, args.batch, size, args.boxes)
-    params = sum(p.numel() for p in model.parameters())
+    return TrainingStep(scope, model, optim_wrapper, random_batch(scope, model, args.batch, size, args.boxes), size)
 
-    timing = time_step(lambda: model.train_step(data, optim_wrapper), device, warmup=args.warmup, repeats=args.steps)
+
+def benchmark(path: str, args: argparse.Namespace) -> dict:
+    """Build the model and optim wrapper of ``path`` and time ``args.steps`` training steps."""
+    device = torch.device(args.device)
+    step = prepare_training_step(path, args, device)
+    scope, size = step.scope, step.size
+    params = sum(p.numel() for p in step.model.parameters())
+
+    timing = time_step(step.run, device, warmup=args.warmup, repeats=args.steps)
     cuda = device.type == 'cuda'
     return dict(config=path, scope=scope, device=str(device), batch=args.batch, size=list(size), amp=args.amp,
                 params_m=params / 1e6, median_s=timing.median, min_s=timing.min, mean_s=timing.mean,
