@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch, library, reference
+from .reference import _needs_grad
 
 ROUTES = 4
 
@@ -19,10 +20,6 @@ def _python(backend: str):
     """The module of a backend whose ops run as plain Python (the reference's is imported already: no import under
     ``torch.compile``)."""
     return reference if backend == 'reference' else dispatch.module(backend)
-
-
-def _needs_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def cross_scan(x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
@@ -63,7 +60,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                                  float32_output, grad, name)
         return (y, last) if return_last_state else y
     return _python(name).selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, return_last_state,
-                                                float32_output, **dispatch.options())
+                                        float32_output, **dispatch.options())
 
 
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -84,8 +81,8 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
         grad = _needs_grad(x, delta, A, B, C, D, delta_bias, delta_weight)
         return library.run(library.cross_selective_scan, grad, x, delta, A, B, C, D, delta_bias, delta_weight,
                            delta_softplus, float32_output, grad, name)[0]
-    return _python(name).cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_softplus,
-                                                      float32_output, delta_weight, **dispatch.options())
+    return _python(name).cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output,
+                                              delta_weight, **dispatch.options())
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,

@@ -16,16 +16,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mmvmamba.ops import library
 
 _SCANS = (library.selective_scan.op._opoverload, library.cross_selective_scan.op._opoverload)
-# argument names of the scan operators, in their schema's order
-_ARGUMENTS = {'selective_scan': ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'delta_softplus', 'float32_output',
-                                 'save_states', 'backend'),
-              'cross_selective_scan': ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'delta_weight',
-                                       'delta_softplus', 'float32_output', 'save_states', 'backend')}
-
-
-def _name(func) -> str | None:
-    """'selective_scan' or 'cross_selective_scan' for a scan operator, else None."""
-    return func._schema.name.split('::')[1] if func in _SCANS else None
 
 
 class _ScanRecorder(TorchDispatchMode):
@@ -35,9 +25,10 @@ class _ScanRecorder(TorchDispatchMode):
         self.active = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = _name(func)
-        if name is not None and self.active:
-            self.calls.append(dict(op=name, **dict(zip(_ARGUMENTS[name], args, strict=False)), **(kwargs or {})))
+        if func in _SCANS and self.active:
+            names = [argument.name for argument in func._schema.arguments]  # the operator's own argument names
+            self.calls.append(dict(op=func._schema.name.split('::')[1], **dict(zip(names, args, strict=False)),
+                                   **(kwargs or {})))
         return func(*args, **(kwargs or {}))
 
 
