@@ -26,7 +26,7 @@ from . import dispatch, reference
 # the operators' namespace: mmvmamba, or that of this package imported under another name (the repository's ops/
 # alone, or another checkout's beside this one), so that two copies never register the same operator
 NAMESPACE = 'mmvmamba' if __package__ == 'mmvmamba.ops' else __package__.replace('.', '_')
-SCAN_BACKENDS = ('reference', 'triton', 'shapes')  # the backends whose scans run as these pairs
+SCAN_BACKENDS = ('reference', 'triton', 'mamba_ssm', 'shapes')  # the backends whose scans run as these pairs
 _NONE = (0,)  # the shape of an absent optional result
 
 

@@ -1,10 +1,10 @@
 """The public operators: each checks its inputs, asks :mod:`.dispatch` for a backend and runs it.
 
-The Triton backend and the reference (and 'shapes') scans run as the forward/backward pairs of :mod:`.library`
-(custom operators under ``torch.compile``, which keeps them whole in its graph); the reference's layout ops and
-LayerNorm, the export backend and mamba_ssm run as plain Python
-(traceable tensor ops, or mamba_ssm's own autograd function). Under ``torch.compile`` a LayerNorm that names no
-backend is the reference's, which the compiler generates and fuses with the elementwise work around it.
+The scans of the Triton, mamba_ssm, reference and 'shapes' backends run as the forward/backward pairs of
+:mod:`.library` (custom operators under ``torch.compile``, which keeps them whole in its graph); the reference's
+layout ops and LayerNorm and the export backend run as plain Python (traceable tensor ops). Under ``torch.compile``
+a LayerNorm that names no backend is the reference's, which the compiler generates and fuses with the elementwise
+work around it.
 """
 from __future__ import annotations
 
