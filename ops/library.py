@@ -288,28 +288,31 @@ cross_merge.register('cross_merge', lambda y, backend: _fake_run(backend, 'cross
 # --- LayerNorm ------------------------------------------------------------------------------------------------------
 
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype,
-                backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """y and the rows' float32 mean and 1/std (the backward's)."""
+                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y, the rows' float32 mean and 1/std, and x-hat in y's dtype or an empty tensor (what the backward keeps
+    instead of a wider x, see the Triton backend's ``saves_xhat``)."""
     return _module(backend).layer_norm_forward(x, weight, bias, eps, out_dtype)
 
 
-def _layer_norm_backward(grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
-                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _module(backend).layer_norm_backward(grad, x, weight, mean, rstd)
+def _layer_norm_backward(grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, x_is_xhat: bool,
+                         dx_dtype: torch.dtype, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _module(backend).layer_norm_backward(grad, x, weight, mean, rstd, x_is_xhat, dx_dtype)
 
 
 def _layer_norm_setup(ctx, inputs, output):
-    x, weight, _, _, _, backend = inputs
-    ctx.save_for_backward(x, weight, output[1], output[2])
-    ctx.backend = backend
+    x, weight, _, _, out_dtype, backend = inputs
+    _, mean, rstd, xhat = output
+    ctx.x_is_xhat = _module(backend).saves_xhat(x.dtype, out_dtype)
+    ctx.save_for_backward(xhat if ctx.x_is_xhat else x, weight, mean, rstd)
+    ctx.dx_dtype, ctx.backend = x.dtype, backend
 
 
-def _layer_norm_grads(ctx, backward, grad, grad_mean, grad_rstd):
-    return (*backward(grad, *ctx.saved_tensors, ctx.backend), None, None, None)
+def _layer_norm_grads(ctx, backward, grad, grad_mean, grad_rstd, grad_xhat):
+    return (*backward(grad, *ctx.saved_tensors, ctx.x_is_xhat, ctx.dx_dtype, ctx.backend), None, None, None)
 
 
 layer_norm = Pair(_layer_norm, _layer_norm_backward, _layer_norm_setup, _layer_norm_grads)
 layer_norm.register('layer_norm', lambda x, weight, bias, eps, out_dtype, backend: _fake_run(
     backend, 'layer_norm_forward', x, weight, bias, eps, out_dtype),
-                    lambda grad, x, weight, mean, rstd, backend: _fake_run(
-                        backend, 'layer_norm_backward', grad, x, weight, mean, rstd))
+                    lambda grad, x, weight, mean, rstd, x_is_xhat, dx_dtype, backend: _fake_run(
+                        backend, 'layer_norm_backward', grad, x, weight, mean, rstd, x_is_xhat, dx_dtype))

@@ -312,10 +312,24 @@ def check_layer_norm(shape, dtype, out_dtype, device):
     assert y.dtype == out_dtype and y.shape == shape
 
 
+def check_layer_norm_keeps_no_float32_input(device):
+    """float32 in, bf16 out (a norm before a Linear under autocast): the backward keeps bf16 x-hat, not the float32 x."""
+    x = torch.randn(4, 8, 32, device=device, requires_grad=True)
+    weight, bias = torch.ones(32, device=device, requires_grad=True), torch.zeros(32, device=device)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = tb.layer_norm(x, weight, bias, out_dtype=torch.bfloat16)
+    kept = {(t.dtype, tuple(t.shape)) for t in saved}
+    assert (torch.float32, tuple(x.shape)) not in kept and (torch.bfloat16, tuple(x.shape)) in kept, kept
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and x.grad.abs().max() < 1e-2  # sum of a normalised row: zero gradient
+
+
 def interpreter_layer_norm(device='cpu'):
     check_layer_norm((3, 5, 96), torch.float32, torch.float32, device)  # several rows a program, padded width
     check_layer_norm((7, 33), torch.float32, torch.bfloat16, device)  # autocast: float32 in, bf16 out
     check_layer_norm((2, 3, 3072), torch.bfloat16, torch.bfloat16, device)
+    check_layer_norm_keeps_no_float32_input(device)
     norm = importlib.import_module(f'{ops.__name__}.triton_backend.layer_norm')
     programs, norm._BWD_PROGRAMS = norm._BWD_PROGRAMS, 2  # each backward program walks several tiles
     try:

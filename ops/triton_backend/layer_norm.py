@@ -1,8 +1,11 @@
 """LayerNorm over the last dim in Triton: float32 statistics, output written directly in the requested dtype.
 
 Under autocast a LayerNorm runs in float32 and the Linear after it casts its input to bf16: one kernel here does
-both (the same rounded values), and its backward reads the bf16 gradient directly. Each program normalises a tile
-of rows; weight and bias gradients are reduced per program, then summed.
+both (the same rounded values), and its backward reads the bf16 gradient directly. When the output is narrower than
+the input (float32 residual stream in, bf16 out), the forward also writes the normalised rows x-hat in the output's
+dtype, and the backward reads them instead of x: the float32 input is not kept for the backward, half the bytes
+(VMamba keeps one such input per norm, two norms a block). Each program normalises a tile of rows; weight and bias
+gradients are reduced per program, then summed.
 """
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from .launch import launch
 
 
 @triton.jit
-def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, rows, n, eps,
-                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, xhat_ptr, mean_ptr, rstd_ptr, rows, n, eps,
+                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SAVE_XHAT: tl.constexpr):
     row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
     col = tl.arange(0, BLOCK_N)[None, :]
     mask = (row < rows) & (col < n)
@@ -25,8 +28,11 @@ def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, rows, n, eps
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / n + eps)
     w = tl.load(w_ptr + col, mask=col < n, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + col, mask=col < n, other=0.0).to(tl.float32)
-    y = centred * rstd[:, None] * w + b
+    xhat = centred * rstd[:, None]
+    y = xhat * w + b
     tl.store(y_ptr + row * n + col, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if SAVE_XHAT:
+        tl.store(xhat_ptr + row * n + col, xhat.to(xhat_ptr.dtype.element_ty), mask=mask)
     row_1d = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     tl.store(mean_ptr + row_1d, mean, mask=row_1d < rows)
     tl.store(rstd_ptr + row_1d, rstd, mask=row_1d < rows)
@@ -34,9 +40,10 @@ def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, rows, n, eps
 
 @triton.jit
 def _layer_norm_bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, rows, n,
-                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat*w*dy)). Each program walks tiles pid, pid + programs, ...
-    and writes its partial sums of dy*xhat and dy (the weight and bias gradients) once."""
+                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, X_IS_XHAT: tl.constexpr):
+    """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat*w*dy)), xhat read (``X_IS_XHAT``) or made from x and mean.
+    Each program walks tiles pid, pid + programs, ... and writes its partial sums of dy*xhat and dy (the weight and
+    bias gradients) once."""
     col = tl.arange(0, BLOCK_N)[None, :]
     w = tl.load(w_ptr + col, mask=col < n, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK_N,), tl.float32)
@@ -45,11 +52,14 @@ def _layer_norm_bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db
         row_1d = tile * ROWS + tl.arange(0, ROWS)
         row = row_1d[:, None]
         mask = (row < rows) & (col < n)
-        mean = tl.load(mean_ptr + row_1d, mask=row_1d < rows, other=0.0)
         rstd = tl.load(rstd_ptr + row_1d, mask=row_1d < rows, other=0.0)
         x = tl.load(x_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + row * n + col, mask=mask, other=0.0).to(tl.float32)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if X_IS_XHAT:
+            xhat = x
+        else:
+            mean = tl.load(mean_ptr + row_1d, mask=row_1d < rows, other=0.0)
+            xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         wdy = w * dy
         c1 = tl.sum(xhat * wdy, axis=1) / n
         c2 = tl.sum(wdy, axis=1) / n
@@ -78,33 +88,44 @@ def _tiles(n: int) -> tuple[int, int, int]:
     return rows, block_n, 4 if block_n * rows <= 4096 else 8
 
 
+def saves_xhat(x_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """Whether the backward keeps x-hat in ``out_dtype`` instead of x: when the output is the narrower type."""
+    return out_dtype.itemsize < x_dtype.itemsize
+
+
 def layer_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                       out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y (x's shape, contiguous, ``out_dtype``) and the float32 mean and 1/std of each row (the backward's)."""
+                       out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y (x's shape, contiguous, ``out_dtype``), the float32 mean and 1/std of each row, and x-hat in ``out_dtype``
+    when :func:`saves_xhat` (else an empty tensor): what the backward needs besides x."""
     n = x.shape[-1]
     x2 = _rows(x, n)
     rows = x2.shape[0]
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    save_xhat = saves_xhat(x.dtype, out_dtype)
+    xhat = torch.empty(x.shape if save_xhat else (0,), device=x.device, dtype=out_dtype)
     mean = torch.empty(rows, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     tile_rows, block_n, warps = _tiles(n)
     launch(_layer_norm_fwd, (triton.cdiv(rows, tile_rows),), x.device, x_ptr=x2, w_ptr=weight, b_ptr=bias, y_ptr=y,
-           mean_ptr=mean, rstd_ptr=rstd, rows=rows, n=n, eps=eps, ROWS=tile_rows, BLOCK_N=block_n, num_warps=warps)
-    return y, mean, rstd
+           xhat_ptr=xhat if save_xhat else y, mean_ptr=mean, rstd_ptr=rstd, rows=rows, n=n, eps=eps,
+           ROWS=tile_rows, BLOCK_N=block_n, SAVE_XHAT=save_xhat, num_warps=warps)
+    return y, mean, rstd, xhat
 
 
 def layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                        rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of (x, weight, bias): dx contiguous in x's shape and dtype, the others in weight's dtype."""
+                        rstd: torch.Tensor, x_is_xhat: bool, dx_dtype: torch.dtype
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of (x, weight, bias) from x, or from x-hat when ``x_is_xhat``: dx contiguous in x's shape and
+    ``dx_dtype``, the others in weight's dtype."""
     n = x.shape[-1]
     x2, dy2 = _rows(x, n), _rows(dy, n)
     rows = x2.shape[0]
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    dx = torch.empty(x.shape, device=x.device, dtype=dx_dtype)
     tile_rows, block_n, warps = _tiles(n)
     programs = min(triton.cdiv(rows, tile_rows), _BWD_PROGRAMS)
     dw = torch.empty(programs, n, device=x.device, dtype=torch.float32)
     db = torch.empty_like(dw)
     launch(_layer_norm_bwd, (programs,), x.device, x_ptr=x2, w_ptr=weight, dy_ptr=dy2, mean_ptr=mean,
            rstd_ptr=rstd, dx_ptr=dx, dw_ptr=dw, db_ptr=db, rows=rows, n=n, ROWS=tile_rows, BLOCK_N=block_n,
-           num_warps=warps)
+           X_IS_XHAT=x_is_xhat, num_warps=warps)
     return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
