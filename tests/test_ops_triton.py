@@ -313,7 +313,7 @@ def check_layer_norm(shape, dtype, out_dtype, device):
 
 
 def check_layer_norm_keeps_no_float32_input(device):
-    """float32 in, bf16 out (a norm before a Linear under autocast): the backward keeps bf16 x-hat, not the float32 x."""
+    """float32 in, bf16 out (a norm before a Linear under autocast): the backward keeps bf16 x-hat, not float32 x."""
     x = torch.randn(4, 8, 32, device=device, requires_grad=True)
     weight, bias = torch.ones(32, device=device, requires_grad=True), torch.zeros(32, device=device)
     saved = []
