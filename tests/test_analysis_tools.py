@@ -141,6 +141,12 @@ def test_get_flops_cli_for_an_arch(capsys):
     assert report.flops > 0 and 'FLOPs:' in out and 'not counted' in out and 'backbone' in out
 
 
+def test_analysis_tool_given_a_missing_config_names_it_and_where_configs_are(tmp_path):
+    missing = str(tmp_path / 'mask_rcnn_vmamba_tiny.py')
+    with pytest.raises(FileNotFoundError, match=f"Config file not found: '{missing}'. The configs are under configs/"):
+        get_flops.main([missing])
+
+
 def test_get_flops_with_the_shipped_classification_config():
     config = os.path.join(ROOT, 'configs', 'vmamba_t_8xb128_in1k.py')
     if not os.path.exists(config):

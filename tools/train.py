@@ -35,6 +35,7 @@ from mmvmamba.engine.amp import setup_amp
 from mmvmamba.engine.grad_strides import align_grad_strides
 from mmvmamba.engine.model_match import check_checkpoint_matches
 from mmvmamba.engine.safe_load import UNSAFE_LOAD_FLAG
+from mmvmamba.utils.config import load_config as read_config
 
 # default_scope -> module whose register_all_modules() registers that codebase
 SCOPES = {'mmdet': 'mmdet.utils', 'mmseg': 'mmseg.utils', 'mmpretrain': 'mmpretrain.utils'}
@@ -94,13 +95,8 @@ def parse_args() -> argparse.Namespace:
 
 def load_config(path: str, cfg_options: dict | None, work_dir: str | None, launcher: str) -> Config:
     """Read the config, apply --cfg-options and the work dir (CLI > config > ./work_dirs/CONFIG_NAME)."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'Config file not found: {path!r}. The configs are under configs/ (e.g. '
-                                f'configs/demo/mask_rcnn_vmamba_demo.py); check the path.')
-    cfg = Config.fromfile(path)
+    cfg = read_config(path, cfg_options)
     cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 from typing import Any
 
 import torch
@@ -33,6 +34,9 @@ def build_arch_model(arch: str | dict, num_classes: int | None = 1000, **overrid
 
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
     """Read a config and merge ``--cfg-options`` style overrides."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Config file not found: {path!r}. The configs are under configs/ (e.g. '
+                                f'configs/demo/mask_rcnn_vmamba_demo.py); check the path.')
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
