@@ -147,6 +147,23 @@ class LayerNorm(nn.LayerNorm):
         return layer_norm(x, self.weight, self.bias, self.eps, dtype)
 
 
+def compile_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """``torch.compile`` keyword arguments for the backbone from the user's (``mode``, ``dynamic``, ...).
+
+    With the default inductor backend, ``strict_output_strides`` is set: under dynamic image sizes inductor (torch
+    2.11-2.14) otherwise fails to order the symbolic strides of a saved channel-last view (the depthwise conv's
+    permuted input: "cannot determine truth value of Relational"). A ``mode`` becomes its inductor options, since
+    torch.compile takes a mode or options, not both.
+    """
+    arguments = dict(options)
+    if arguments.get('backend', 'inductor') != 'inductor':
+        return arguments
+    mode = arguments.pop('mode', None)
+    mode_options = torch._inductor.list_mode_options(mode) if mode not in (None, 'default') else {}
+    arguments['options'] = {**mode_options, 'strict_output_strides': True, **arguments.get('options', {})}
+    return arguments
+
+
 def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
@@ -361,7 +378,7 @@ class VMamba(BaseModule):
         if not isinstance(compile, (bool, dict)):
             raise TypeError(f'compile must be True, False or a dict of torch.compile options, got {compile!r}.')
         if compile:
-            self.compile(**({} if compile is True else compile))
+            self.compile(**compile_arguments({} if compile is True else compile))
 
     @staticmethod
     def _init_module(m: nn.Module) -> None:
