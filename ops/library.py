@@ -83,10 +83,14 @@ class _Eager(torch.autograd.Function):
         ctx.pair = pair
         if isinstance(output, tuple):
             ctx.mark_non_differentiable(*output[1:])
+            # the extra outputs get no gradient: None, not zero tensors (a memset each, full-size for x-hat)
+            ctx.set_materialize_grads(False)
         return output
 
     @staticmethod
     def backward(ctx, *grads):
+        if grads[0] is None:  # only the first output is differentiable: no gradient reached it
+            return (None,) * (1 + len(ctx.needs_input_grad[1:]))
         return None, *ctx.pair.grads(ctx, ctx.pair.backward, *grads)
 
 

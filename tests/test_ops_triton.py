@@ -321,8 +321,12 @@ def check_layer_norm_keeps_no_float32_input(device):
         y = tb.layer_norm(x, weight, bias, out_dtype=torch.bfloat16)
     kept = {(t.dtype, tuple(t.shape)) for t in saved}
     assert (torch.float32, tuple(x.shape)) not in kept and (torch.bfloat16, tuple(x.shape)) in kept, kept
-    y.float().sum().backward()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y.float().sum().backward()
     assert x.grad.dtype == torch.float32 and x.grad.abs().max() < 1e-2  # sum of a normalised row: zero gradient
+    # the extra outputs (mean, 1/std, x-hat) get no gradient: no zero tensors are made for them in the backward
+    made = {event.name for event in prof.events()}
+    assert not made & {'aten::zeros', 'aten::zeros_like', 'aten::zero_'}, made
 
 
 def interpreter_layer_norm(device='cpu'):

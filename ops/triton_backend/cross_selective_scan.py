@@ -8,8 +8,9 @@ backward, which makes it again.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .scan import Geometry, Operand, launch_backward, launch_forward, new_parameter_grads, new_states, scan_config
+from .scan import Geometry, Operand, launch_backward, launch_forward, new_states, scan_config
 
 ROUTES = 4
 
@@ -33,9 +34,11 @@ def _merged_operand(t: torch.Tensor) -> Operand:
     return Operand(t, (t.stride(0), 0, t.stride(1), t.stride(2)))
 
 
-def _route_state_buffer(batch: int, n_state: int, height: int, width: int, device) -> torch.Tensor:
-    """float32 (batch, 4, N, H, W) zeros laid out as (batch, H, W, 4, N), the layout of the model's projections."""
-    return torch.zeros(batch, height, width, ROUTES, n_state, device=device, dtype=torch.float32).permute(0, 3, 4, 1, 2)
+def _route_state_buffers(batch: int, n_state: int, height: int, width: int, device) -> tuple[torch.Tensor, ...]:
+    """Two float32 (batch, 4, N, H, W) zero buffers (one memset) laid out as (batch, H, W, 4, N), the layout of the
+    model's projections: the gradients of B and C."""
+    both = torch.zeros(2, batch, height, width, ROUTES, n_state, device=device, dtype=torch.float32)
+    return tuple(t.permute(0, 3, 4, 1, 2) for t in both)
 
 
 def _geometry(x: torch.Tensor, A: torch.Tensor) -> tuple[Geometry, object]:
@@ -54,11 +57,9 @@ def _low_rank_operands(delta: torch.Tensor, delta_weight: torch.Tensor) -> tuple
     """delta (B, 4, R, H, W) as (4, B*H*W, R8) and delta_weight (4, C, R) as (4, C, R8), zero-padded, delta's dtype."""
     batch, routes, rank, height, width = delta.shape
     padded = _aligned_rank(rank)
-    low = delta.new_zeros(routes, batch, height, width, padded)
-    low[..., :rank] = delta.permute(1, 0, 3, 4, 2)
-    weight = delta_weight.new_zeros(routes, delta_weight.shape[1], padded, dtype=delta.dtype)
-    weight[..., :rank] = delta_weight
-    return low.view(routes, -1, padded), weight
+    low = F.pad(delta.permute(1, 0, 3, 4, 2), (0, padded - rank))  # one copy kernel writes values and zeros
+    weight = F.pad(delta_weight.to(delta.dtype), (0, padded - rank))
+    return low.reshape(routes, -1, padded), weight
 
 
 def _expand(low: torch.Tensor, weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -107,13 +108,11 @@ def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, de
     A_c, D_c, bias_c = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
     dx = torch.zeros_like(x, dtype=torch.float32)
     dfull = torch.empty_like(full)
-    dB = _route_state_buffer(geo.batch, geo.n_state, geo.height, geo.width, x.device)
-    dC = _route_state_buffer(geo.batch, geo.n_state, geo.height, geo.width, x.device)
+    dB, dC = _route_state_buffers(geo.batch, geo.n_state, geo.height, geo.width, x.device)
     operands = dict(u=_image_operand(x), delta=_image_operand(full), B=_image_operand(B), C=_image_operand(C),
                     gy=_merged_operand(grad_out), du=_image_operand(dx), ddelta=_image_operand(dfull),
                     dB=_image_operand(dB), dC=_image_operand(dC))
-    dA, dD, dbias = new_parameter_grads(A_c, D_c, bias_c)
-    launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, (dA, dD, dbias))
+    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg)
     ddelta, dweight = dfull, None
     if delta_weight is not None:
         batch, routes, rank, height, width = delta.shape

@@ -123,9 +123,9 @@ def layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     dx = torch.empty(x.shape, device=x.device, dtype=dx_dtype)
     tile_rows, block_n, warps = _tiles(n)
     programs = min(triton.cdiv(rows, tile_rows), _BWD_PROGRAMS)
-    dw = torch.empty(programs, n, device=x.device, dtype=torch.float32)
-    db = torch.empty_like(dw)
+    partials = torch.empty(2, programs, n, device=x.device, dtype=torch.float32)  # dw, db partials: one sum
     launch(_layer_norm_bwd, (programs,), x.device, x_ptr=x2, w_ptr=weight, dy_ptr=dy2, mean_ptr=mean,
-           rstd_ptr=rstd, dx_ptr=dx, dw_ptr=dw, db_ptr=db, rows=rows, n=n, ROWS=tile_rows, BLOCK_N=block_n,
-           X_IS_XHAT=x_is_xhat, num_warps=warps)
-    return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
+           rstd_ptr=rstd, dx_ptr=dx, dw_ptr=partials[0], db_ptr=partials[1], rows=rows, n=n, ROWS=tile_rows,
+           BLOCK_N=block_n, X_IS_XHAT=x_is_xhat, num_warps=warps)
+    dw, db = partials.sum(1).to(weight.dtype)
+    return dx, dw, db

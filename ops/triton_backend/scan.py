@@ -188,18 +188,20 @@ def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias
            ZERO_Y=zero_y, num_warps=_forward_warps(cfg, n_pad))
 
 
-def new_parameter_grads(A: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None):
-    """Zeroed float32 gradients of A, D and delta_bias (None where absent), which the backward adds into."""
-    dev = A.device
-    return (torch.zeros(A.shape, device=dev, dtype=torch.float32),
-            None if D is None else torch.zeros(A.shape[0], device=dev, dtype=torch.float32),
-            None if delta_bias is None else torch.zeros(A.shape[0], device=dev, dtype=torch.float32))
+def zeroed(*counts: int, device: torch.device) -> list[torch.Tensor]:
+    """Zeroed 4-byte (int32) buffers of these element counts, views of one allocation zeroed by one memset instead of
+    one each; each starts on a 16-byte boundary. ``.view(torch.float32)`` gives float zeros."""
+    padded = [-(-count // 4) * 4 for count in counts]
+    flat = torch.zeros(sum(padded), device=device, dtype=torch.int32)
+    return [flat[start:start + count] for start, count in zip(
+        (sum(padded[:i]) for i in range(len(counts))), counts, strict=True)]
 
 
 def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool,
-                    states: torch.Tensor, cfg: TileConfig, parameter_grads: tuple) -> None:
+                    states: torch.Tensor, cfg: TileConfig) -> tuple[torch.Tensor, ...]:
     """Run the backward scan kernel: the gradients of the strided operands go into operands 'du', 'ddelta', 'dB',
-    'dC', those of (A, D, delta_bias) into ``parameter_grads`` (:func:`new_parameter_grads`)."""
+    'dC'; returns the float32 gradients of (A, D, delta_bias) (None where absent), which the kernel adds into
+    zeroed buffers (one memset with its look-back flags)."""
     n_pad, n_cblk, n_chunks = geo.sizes(cfg)
     if states.shape[1:] != (n_chunks + 1, n_pad, cfg.BC):
         raise RuntimeError('selective scan backward: the tile configuration changed since the forward')
@@ -208,8 +210,12 @@ def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bia
     seg_chunks, n_seg = _segments(rows, n_chunks, 1, cfg)
     dev = A.device
     status = torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
-    flags = torch.zeros(rows * n_seg + 1, device=dev, dtype=torch.int32)
-    dA, dD, dbias = parameter_grads
+    channels = A.shape[0]
+    grad_a, grad_d, grad_bias, flags = zeroed(A.numel(), channels if D is not None else 0,
+                                              channels if delta_bias is not None else 0, rows * n_seg + 1, device=dev)
+    dA = grad_a.view(torch.float32).view(A.shape)
+    dD = None if D is None else grad_d.view(torch.float32)
+    dbias = None if delta_bias is None else grad_bias.view(torch.float32)
     launch(scan_kernels.scan_bwd_kernel, (rows * n_seg,), dev, **_operand_arguments(operands),
            A_ptr=A, D_ptr=A if D is None else D, bias_ptr=A if delta_bias is None else delta_bias,
            dA_ptr=dA, dD_ptr=dA if dD is None else dD, dbias_ptr=dA if dbias is None else dbias,
@@ -218,3 +224,4 @@ def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bia
            n_cblk=n_cblk, n_chunks=n_chunks, seg_chunks=seg_chunks, n_seg=n_seg,
            CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
            T=cfg.T, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, num_warps=1)
+    return dA, dD, dbias
