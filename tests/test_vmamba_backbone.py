@@ -270,3 +270,17 @@ def test_drop_path_scales_whole_samples_in_training_only():
     assert torch.all(dropped ^ kept) and dropped.any() and kept.any()
     drop.eval()
     assert torch.equal(drop.add(residual, branch), residual + branch)
+
+
+def test_drop_path_drops_or_keeps_whole_samples_and_rescales_the_kept_ones():
+    from mmvmamba.models.backbones.vmamba import DropPath
+
+    torch.manual_seed(0)
+    drop = DropPath(0.25).train()
+    residual, branch = torch.full((64, 3, 5), 2.0), torch.ones(64, 3, 5)
+    out = drop.add(residual, branch)
+    per_sample = out.flatten(1)
+    assert torch.equal(per_sample.amin(1), per_sample.amax(1))  # one decision per sample
+    kept = per_sample[:, 0] != 2.0
+    assert torch.allclose(per_sample[kept, 0], torch.tensor(2.0 + 1 / 0.75)) and 0 < kept.sum() < 64
+    assert torch.equal(drop.eval().add(residual, branch), residual + branch)

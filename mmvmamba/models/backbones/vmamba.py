@@ -115,13 +115,14 @@ class DropPath(nn.Module):
         self.drop_prob = drop_prob
 
     def add(self, residual: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        """residual + DropPath(branch), in one kernel (the per-sample scale is applied inside ``addcmul``)."""
+        """residual + DropPath(branch) in one kernel: the per-sample keep mask and 1 / keep are applied inside
+        ``addcmul``."""
         if self.drop_prob == 0.0 or not self.training:
             return residual + branch
         keep = 1.0 - self.drop_prob
         shape = (branch.shape[0],) + (1,) * (branch.dim() - 1)
-        scale = residual.new_empty(shape).bernoulli_(keep).div_(keep)
-        return torch.addcmul(residual, branch, scale)
+        mask = residual.new_empty(shape).bernoulli_(keep)
+        return torch.addcmul(residual, branch, mask, value=1.0 / keep)
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
@@ -151,7 +152,7 @@ def compile_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """``torch.compile`` keyword arguments for the backbone from the user's (``mode``, ``dynamic``, ...).
 
     With the default inductor backend, ``strict_output_strides`` is set: under dynamic image sizes inductor (torch
-    2.11-2.14) otherwise fails to order the symbolic strides of a saved channel-last view (the depthwise conv's
+    2.14) otherwise fails to order the symbolic strides of a saved channel-last view (the depthwise conv's
     permuted input: "cannot determine truth value of Relational"). A ``mode`` becomes its inductor options, since
     torch.compile takes a mode or options, not both.
     """
