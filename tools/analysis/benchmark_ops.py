@@ -39,10 +39,7 @@ from mmvmamba.utils.cli import add_rounds_option, format_table
 
 reference = importlib.import_module(f'{ops.__name__}.reference')
 triton_backend = importlib.import_module(f'{ops.__name__}.triton_backend')
-try:
-    mamba_ssm_backend = importlib.import_module(f'{ops.__name__}.mamba_ssm_backend')
-except ImportError:
-    mamba_ssm_backend = None
+HAS_MAMBA_SSM = ops.backend_status()['mamba_ssm'] == 'available'
 
 import triton  # noqa: E402  (after the backend, which needs it anyway)
 
@@ -125,11 +122,12 @@ def load_baseline(checkout: str) -> types.ModuleType:
 def implementations(baseline: types.ModuleType | None = None) -> dict:
     tb = types.SimpleNamespace(**{name: functools.partial(getattr(ops, name), backend='triton')
                                   for name in ('selective_scan', 'cross_scan', 'cross_merge', 'cross_selective_scan')})
+    mamba_ssm_scan = functools.partial(ops.selective_scan, backend='mamba_ssm')
     impls = {'reference': reference.cross_selective_scan,
              'triton unfused': unfused(tb.selective_scan, tb.cross_scan, tb.cross_merge),
              'triton fused': tb.cross_selective_scan}
-    if mamba_ssm_backend is not None:
-        impls['mamba_ssm unfused'] = unfused(mamba_ssm_backend.selective_scan, tb.cross_scan, tb.cross_merge)
+    if HAS_MAMBA_SSM:
+        impls['mamba_ssm unfused'] = unfused(mamba_ssm_scan, tb.cross_scan, tb.cross_merge)
     if baseline is not None:
         impls['baseline fused'] = functools.partial(baseline.cross_selective_scan, backend='triton')
     return impls
@@ -194,7 +192,7 @@ def copy_bandwidth() -> float:
 def header(copy_bw: float, args) -> list[str]:
     props = torch.cuda.get_device_properties(0)
     return [f'GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, '
-            f'triton {triton.__version__}, mamba_ssm {"yes" if mamba_ssm_backend else "not installed"}',
+            f'triton {triton.__version__}, mamba_ssm {"yes" if HAS_MAMBA_SSM else "not installed"}',
             f'inputs {args.dtype}, d_state {args.d_state}, float32 output; device copy bandwidth '
             f'{copy_bw / 1e12:.2f} TB/s; bandwidth = bytes that must move / time (see --help)']
 
