@@ -176,64 +176,65 @@ def _merged_output(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _cross_selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                           delta_bias: Tensor | None, delta_weight: Tensor | None, delta_softplus: bool,
-                          float32_output: bool, save_states: bool, backend: str) -> tuple[Tensor, Tensor]:
+                          float32_output: bool, A_is_log: bool, save_states: bool, backend: str
+                          ) -> tuple[Tensor, Tensor]:
     """The merged output (B, C, L) and the backward's residual."""
     if backend == 'shapes':
         return tuple(t.zero_() for t in _cross_selective_scan_fake(x, delta, A, B, C, D, delta_bias, delta_weight,
-                                                                   delta_softplus, float32_output, save_states,
-                                                                   'reference'))
+                                                                   delta_softplus, float32_output, A_is_log,
+                                                                   save_states, 'reference'))
     if backend == 'reference':
         out = reference.cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus,
-                                                     float32_output)
+                                                     float32_output, A_is_log)
         return out, x.new_empty(_NONE)
     return _module(backend).cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight,
-                                                         delta_softplus, float32_output, save_states)
+                                                         delta_softplus, float32_output, save_states, A_is_log)
 
 
 def _cross_selective_scan_fake(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, float32_output,
-                               save_states, backend):
+                               A_is_log, save_states, backend):
     if backend in ('reference', 'shapes'):
         wide = reference._compute_dtype(x, delta, A, B, C)
         return _merged_output(x, wide if float32_output else x.dtype), x.new_empty(_NONE)
     return _fake_run(backend, 'cross_selective_scan_forward', x, delta, A, B, C, D, delta_bias, delta_weight,
-                     delta_softplus, float32_output, save_states)
+                     delta_softplus, float32_output, save_states, A_is_log)
 
 
 def _cross_selective_scan_backward(grad_out: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                                    D: Tensor | None, delta_bias: Tensor | None, delta_weight: Tensor | None,
-                                   residual: Tensor, delta_softplus: bool, backend: str
+                                   residual: Tensor, delta_softplus: bool, A_is_log: bool, backend: str
                                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     if backend == 'reference':
         grads = reference.cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight,
-                                                        delta_softplus)
+                                                        delta_softplus, A_is_log)
     else:
         grads = _module(backend).cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias,
-                                                               delta_weight, residual, delta_softplus)
+                                                               delta_weight, residual, delta_softplus, A_is_log)
     return tuple(_or_empty(g, x) for g in grads)
 
 
 def _cross_selective_scan_backward_fake(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight, residual,
-                                        delta_softplus, backend):
+                                        delta_softplus, A_is_log, backend):
     if backend == 'reference':
         grads = tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
                       for t in (x, delta, A, B, C, D, delta_bias, delta_weight))
     else:
         grads = _fake_run(backend, 'cross_selective_scan_backward', grad_out, x, delta, A, B, C, D, delta_bias,
-                          delta_weight, residual, delta_softplus)
+                          delta_weight, residual, delta_softplus, A_is_log)
     return tuple(_or_empty(g, x) for g in grads)
 
 
 def _cross_setup(ctx, inputs, output):
-    x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, _, _, backend = inputs
+    x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, _, A_is_log, _, backend = inputs
     ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, delta_weight, output[1])
-    ctx.delta_softplus, ctx.backend = delta_softplus, backend
+    ctx.delta_softplus, ctx.A_is_log, ctx.backend = delta_softplus, A_is_log, backend
     ctx.present = tuple(t is not None for t in (D, delta_bias, delta_weight))
 
 
 def _cross_grads(ctx, backward, grad_out, grad_residual):
-    grads = backward(grad_out, *ctx.saved_tensors, ctx.delta_softplus, ctx.backend)
+    grads = backward(grad_out, *ctx.saved_tensors, ctx.delta_softplus, ctx.A_is_log, ctx.backend)
     optional = tuple(_or_none(g, present) for g, present in zip(grads[5:], ctx.present, strict=True))
-    return (*grads[:5], *optional, None, None, None, None)
+    return (*grads[:5], *optional, None, None, None, None, None)
 
 
 cross_selective_scan = Pair(_cross_selective_scan, _cross_selective_scan_backward, _cross_setup, _cross_grads)

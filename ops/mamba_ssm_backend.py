@@ -12,11 +12,10 @@ rounding of u's dtype, unlike the other backends.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor
+
+from .layout import LayoutOnly
 
 try:
     import selective_scan_cuda
@@ -27,19 +26,7 @@ except Exception as err:  # a broken build (missing CUDA library, ABI mismatch) 
 MAX_D_STATE = 256
 CHUNK = 2048  # the kernel keeps one state per 2048 steps for its backward
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_layout_only = False
-
-
-@contextlib.contextmanager
-def layout_only() -> Iterator[None]:
-    """Within the block the functions allocate their results as a real call would and start no kernel (the custom
-    operators' fake implementations)."""
-    global _layout_only
-    previous, _layout_only = _layout_only, True
-    try:
-        yield
-    finally:
-        _layout_only = previous
+layout_only = LayoutOnly()  # within ``with layout_only():`` the functions allocate their results and start nothing
 
 
 def check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -72,7 +59,7 @@ def selective_scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     check_inputs(u, delta, A, B, C, D, delta_bias)
     batch, channels, length = u.shape
     d_state = A.shape[1]
-    if _layout_only:
+    if layout_only.active:
         y = u.new_empty(u.shape, dtype=torch.float32 if float32_output else u.dtype)
         states = u.new_empty((batch, channels, -(-length // CHUNK), 2 * d_state), dtype=torch.float32)
         return y, u.new_empty((batch, channels, d_state), dtype=torch.float32), states
@@ -87,7 +74,7 @@ def selective_scan_backward(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tensor,
                             D: Tensor | None, delta_bias: Tensor | None, residual: Tensor, delta_softplus: bool
                             ) -> tuple[Tensor | None, ...]:
     """Gradients of (u, delta, A, B, C, D, delta_bias), each in its input's dtype (None for an absent input)."""
-    if _layout_only:
+    if layout_only.active:
         return tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
                      for t in (u, delta, A, B, C, D, delta_bias))
     u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))

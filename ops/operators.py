@@ -66,21 +66,25 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                          D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
                          delta_softplus: bool = True, float32_output: bool = True,
-                         delta_weight: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+                         delta_weight: torch.Tensor | None = None, A_is_log: bool = False,
+                         backend: str | None = None) -> torch.Tensor:
     """Fused cross_scan -> selective_scan -> cross_merge on a (B, C, H, W) map; returns (B, C, H*W), a transposed view
     of a channel-last (B, H*W, C) buffer.
 
     delta: (B, 4, C, H, W) and B, C: (B, 4, N, H, W) are per route, in image coordinates; A: (4*C, N);
     D, delta_bias: (4*C,). With ``delta_weight`` (4, C, R), delta is the rank-R (B, 4, R, H, W) input of that
-    projection (VMamba's dt_proj), which the fast backend applies without keeping the expanded delta. The fast
-    backend applies the routes inside its loads and stores.
+    projection (VMamba's dt_proj), which the fast backend applies without keeping the expanded delta. With
+    ``A_is_log``, A holds log(-A) (VMamba's ``A_logs``): the scan uses -exp(A) (inside the fast kernels, no extra
+    launches) and A's gradient is the log's. The fast backend applies the routes inside its loads and stores.
     """
     reference._check_cross_inputs(x, delta, A, B, C, D, delta_bias, delta_weight)
     name = dispatch.resolve('cross_selective_scan', x, backend)
     if name in library.SCAN_BACKENDS:
         grad = _needs_grad(x, delta, A, B, C, D, delta_bias, delta_weight)
         return library.run(library.cross_selective_scan, grad, x, delta, A, B, C, D, delta_bias, delta_weight,
-                           delta_softplus, float32_output, grad, name)[0]
+                           delta_softplus, float32_output, A_is_log, grad, name)[0]
+    if A_is_log:
+        A = -torch.exp(A)
     return _python(name).cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_softplus, float32_output,
                                               delta_weight, **dispatch.options())
 

@@ -306,30 +306,33 @@ def _to_image(seq: torch.Tensor, height: int, width: int, column_major: bool) ->
     return seq.unflatten(1, (height, width))
 
 
-def _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight):
+def _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight, A_is_log=False):
     """Compute dtype, and x, the pre-activation delta (batch, 4, C, H, W) (dt_proj applied to a rank-R delta, in
-    delta's dtype), A, B, C, D in it."""
+    delta's dtype), A (-exp(A) when ``A_is_log``), B, C, D in it."""
     dtype = _compute_dtype(x, delta, A, B, C)
     if delta_weight is not None:
         delta = torch.einsum('bkrhw,kcr->bkchw', delta, delta_weight.to(delta.dtype))
     pre = delta.to(dtype)
     if delta_bias is not None:
         pre = pre + delta_bias.to(dtype).view(1, ROUTES, x.shape[1], 1, 1)
-    return dtype, (x.to(dtype), pre, A.to(dtype), B.to(dtype), C.to(dtype), None if D is None else D.to(dtype))
+    A = -torch.exp(A.to(dtype)) if A_is_log else A.to(dtype)
+    return dtype, (x.to(dtype), pre, A, B.to(dtype), C.to(dtype), None if D is None else D.to(dtype))
 
 
 def cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus: bool,
-                                 float32_output: bool) -> torch.Tensor:
+                                 float32_output: bool, A_is_log: bool = False) -> torch.Tensor:
     """The fused forward without autograd: (B, C, H*W), a transposed view of a channel-last (B, H*W, C) buffer."""
-    _, args = _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight)
+    _, args = _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight, A_is_log)
     y = _cross_scan_out(*args, delta_softplus)
     return y if float32_output else y.to(x.dtype)
 
 
-def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus: bool):
+def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus: bool,
+                                  A_is_log: bool = False):
     """Gradients of (x, delta, A, B, C, D, delta_bias, delta_weight), each contiguous in its input's dtype (None for
-    an absent input); every route is recomputed."""
-    dtype, (x_c, pre, A_c, B_c, C_c, D_c) = _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight)
+    an absent input; A's that of its log with ``A_is_log``); every route is recomputed."""
+    dtype, (x_c, pre, A_c, B_c, C_c, D_c) = _cross_operands(x, delta, A, B, C, D, delta_bias, delta_weight,
+                                                            A_is_log)
     batch, channels, height, width = x.shape
     grad_rows, grad_cols = _route_sequences(grad_out.to(dtype).reshape(batch, channels, height, width))
     grad_x = x_c.new_zeros(batch, height, width, channels)
@@ -350,6 +353,8 @@ def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, de
         grad_A.view(ROUTES, channels, -1)[k] = g_A[0]
         if D is not None:
             grad_D.view(ROUTES, channels)[k] = g_D[0]
+    if A_is_log:  # d(-exp(l)) / dl = -exp(l) = A
+        grad_A = grad_A * A_c
     grad_pre = grad_pre.permute(0, 3, 4, 1, 2)
     grad_bias = None if delta_bias is None else grad_pre.sum((0, 3, 4)).reshape(delta_bias.shape)
     grad_weight = None
@@ -367,15 +372,16 @@ class CrossSelectiveScanReference(torch.autograd.Function):
     """:func:`cross_selective_scan_forward` with :func:`cross_selective_scan_backward` as its backward."""
 
     @staticmethod
-    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, float32_output):
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, float32_output, A_is_log):
         ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, delta_weight)
-        ctx.delta_softplus = delta_softplus
+        ctx.delta_softplus, ctx.A_is_log = delta_softplus, A_is_log
         return cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus,
-                                            float32_output)
+                                            float32_output, A_is_log)
 
     @staticmethod
     def backward(ctx, grad_out):
-        return (*cross_selective_scan_backward(grad_out, *ctx.saved_tensors, ctx.delta_softplus), None, None)
+        return (*cross_selective_scan_backward(grad_out, *ctx.saved_tensors, ctx.delta_softplus, ctx.A_is_log),
+                None, None, None)
 
 
 def _cross_scan_out(x, pre, A, B, C, D, delta_softplus):
@@ -402,7 +408,7 @@ def _routes(x, pre, A, B, C, D, delta_softplus):
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                          D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
                          delta_softplus: bool = True, float32_output: bool = True,
-                         delta_weight: torch.Tensor | None = None) -> torch.Tensor:
+                         delta_weight: torch.Tensor | None = None, A_is_log: bool = False) -> torch.Tensor:
     """cross_scan -> selective_scan -> cross_merge without materialising the routes.
 
     Args:
@@ -411,11 +417,12 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
         A: (4 * C, N); D, delta_bias: (4 * C,) or None.
         delta_weight: (4, C, R) or None. When given, delta is its rank-R input (batch, 4, R, H, W) and the scan uses
             ``einsum('bkrhw,kcr->bkchw', delta, delta_weight)`` (VMamba's dt_proj; fast backends never store it).
+        A_is_log: A holds log(-A) (VMamba's ``A_logs``): the scan uses -exp(A), and A's gradient is the log's.
     Returns:
         (batch, C, H * W) (a view of a channel-last buffer), float32 unless ``float32_output`` is False.
     """
     _check_cross_inputs(x, delta, A, B, C, D, delta_bias, delta_weight)
-    args = (x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, float32_output)
+    args = (x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus, float32_output, A_is_log)
     if _needs_grad(x, delta, A, B, C, D, delta_bias, delta_weight):
         return CrossSelectiveScanReference.apply(*args)
     return cross_selective_scan_forward(*args)

@@ -251,7 +251,7 @@ def test_activation_map_is_the_scan_jacobian(arch):
     x = scan['x'].double().requires_grad_()
     out = cross_selective_scan(x, scan['delta'].double(), scan['A'].double(), scan['B'].double(), scan['C'].double(),
                                None, scan['delta_bias'].double(), True,
-                               delta_weight=scan['delta_weight'].double())
+                               delta_weight=scan['delta_weight'].double(), A_is_log=scan['A_is_log'])
     (grad,) = torch.autograd.grad(out[0, :, query[0] * width + query[1]].sum(), x)
     expected = grad[0].sum(0) / x.shape[1]
     assert torch.allclose(routes.sum(0), expected, rtol=1e-9, atol=1e-14)

@@ -15,9 +15,9 @@ import torch
 
 from tests.test_ops_triton import (
     BF16,
-    F16,
     F32,
     HALF_TOL,
+    SELECTIVE_SCAN_CASES,
     check_against_reference,
     cross_inputs,
     ops,
@@ -33,20 +33,7 @@ pytestmark = [pytest.mark.gpu,
 scan = functools.partial(ops.selective_scan, backend='mamba_ssm')
 
 
-@pytest.mark.parametrize('batch,channels,n_state,length,groups,dtype,with_d_and_bias,softplus', [
-    (2, 8, 1, 15, 2, F32, True, True),
-    (1, 12, 4, 1000, 3, F32, True, True),
-    (2, 6, 16, 64, 1, F32, False, True),
-    (1, 4, 64, 3136, 2, F32, True, True),
-    (1, 2, 1, 65536, 1, F32, True, True),
-    (1, 6, 3, 200, 3, F32, True, False),
-    (2, 16, 1, 3136, 4, BF16, True, True),
-    (1, 4, 16, 65536, 2, BF16, True, True),
-    (1, 8, 64, 64, 2, BF16, True, True),
-    (1, 8, 4, 1000, 2, F16, True, True),
-    (2, 5, 16, 15, 5, F16, False, False),
-    (1, 4, 1, 65536, 4, F16, True, True),
-])
+@pytest.mark.parametrize('batch,channels,n_state,length,groups,dtype,with_d_and_bias,softplus', SELECTIVE_SCAN_CASES)
 def test_mamba_ssm_selective_scan_matches_the_reference(batch, channels, n_state, length, groups, dtype,
                                                         with_d_and_bias, softplus):
     x = scan_inputs(batch, channels, n_state, length, groups, dtype, 'cuda', with_d_and_bias, softplus)

@@ -174,6 +174,28 @@ def test_cross_selective_scan_gradcheck():
     assert torch.autograd.gradcheck(scan, tuple(x.values()))
 
 
+def test_cross_selective_scan_of_a_log_A_equals_the_scan_of_minus_its_exp():
+    """A_is_log: the op takes log(-A) (VMamba's A_logs) and returns its gradient: the same as -exp outside the op."""
+    x = cross_inputs(batch=1, channels=2, d_state=2, height=3, width=4, requires_grad=True)
+    a_log = torch.log(-x['A']).detach().requires_grad_()
+    names = list(x)
+
+    def scan(a, a_is_log, *others):
+        return ops.cross_selective_scan(**dict(zip(names, others, strict=True)), A=a, A_is_log=a_is_log)
+
+    others = tuple(v for k, v in x.items() if k != 'A')
+    names.remove('A')
+    inside = scan(a_log, True, *others)
+    outside = scan(-torch.exp(a_log), False, *others)
+    assert torch.allclose(inside, outside, rtol=1e-12, atol=0)
+    g = torch.randn_like(inside)
+    grads_inside = torch.autograd.grad(inside, (a_log, *others), g)
+    grads_outside = torch.autograd.grad(outside, (a_log, *others), g)
+    for name, a, b in zip(['A_log', *names], grads_inside, grads_outside, strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13), name
+    assert torch.autograd.gradcheck(lambda a, *o: scan(a, True, *o), (a_log, *others))
+
+
 def test_inference_path_equals_autograd_path():
     x = random_scan_inputs(2, 4, 2, 33, 2, dtype=torch.float32)
     with torch.no_grad():

@@ -171,6 +171,9 @@ def check_selective_scan(batch, channels, n_state, length, groups, dtype, device
 def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, device, low_rank=False):
     x = cross_inputs(batch, channels, n_state, height, width, dtype, device, low_rank=low_rank)
     y = check_against_reference(tb.cross_selective_scan, reference.cross_selective_scan, x, dtype)
+    if low_rank:  # as the model calls it: A given as A_logs, -exp(A_logs) taken (and differentiated) in the kernels
+        check_against_reference(tb.cross_selective_scan, reference.cross_selective_scan,
+                                {**x, 'A': torch.log(-x['A'])}, dtype, A_is_log=True)
     assert y.dtype == torch.float32 and y.shape == (batch, channels, height * width)
     assert y.transpose(1, 2).is_contiguous()  # a view of a channel-last (B, L, C) buffer
     # the fused kernel equals the composition of the unfused Triton operators (forward and gradients)
@@ -403,8 +406,9 @@ gpu = pytest.mark.gpu
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
 
-@gpu
-@pytest.mark.parametrize('batch,channels,n_state,length,groups,dtype,with_d_and_bias,softplus', [
+# (batch, channels, n_state, length, groups, dtype, with_d_and_bias, softplus): every dtype, d_state 1..64, lengths
+# 15..65536 (also the mamba_ssm backend's cases)
+SELECTIVE_SCAN_CASES = [
     (2, 8, 1, 15, 2, F32, True, True),
     (1, 12, 4, 1000, 3, F32, True, True),
     (2, 6, 16, 64, 1, F32, False, True),
@@ -417,7 +421,11 @@ F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
     (1, 8, 4, 1000, 2, F16, True, True),
     (2, 5, 16, 15, 5, F16, False, False),
     (1, 4, 1, 65536, 4, F16, True, True),
-])
+]
+
+
+@gpu
+@pytest.mark.parametrize('batch,channels,n_state,length,groups,dtype,with_d_and_bias,softplus', SELECTIVE_SCAN_CASES)
 def test_selective_scan_gpu(batch, channels, n_state, length, groups, dtype, with_d_and_bias, softplus):
     check_selective_scan(batch, channels, n_state, length, groups, dtype, 'cuda', with_d_and_bias, softplus)
 

@@ -79,9 +79,9 @@ def expand_low_rank_delta(delta: torch.Tensor, delta_weight: torch.Tensor) -> to
 
 
 def cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus: bool,
-                                 float32_output: bool, save_states: bool):
+                                 float32_output: bool, save_states: bool, A_is_log: bool = False):
     """The output (B, C, L), a transposed view of a channel-last (B, L, C) float32 buffer (in x's dtype unless
-    ``float32_output``), and the chunk states (the backward's residual)."""
+    ``float32_output``), and the chunk states (the backward's residual). With ``A_is_log`` A holds log(-A)."""
     x, B, C = _positions_flat(x), _positions_flat(B), _positions_flat(C)
     delta = _positions_flat(delta if delta_weight is None else expand_low_rank_delta(delta, delta_weight))
     geo, cfg = _geometry(x, A)
@@ -90,14 +90,15 @@ def cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight,
     states = new_states(geo, cfg, save_states, x.device)
     operands = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
                     y=_merged_operand(out))
-    launch_forward(geo, operands, A, D, delta_bias, delta_softplus, cfg, states)
+    launch_forward(geo, operands, A, D, delta_bias, delta_softplus, cfg, states, A_is_log)
     return (out if float32_output else out.to(x.dtype)), states
 
 
 def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight, states,
-                                  delta_softplus: bool):
+                                  delta_softplus: bool, A_is_log: bool = False):
     """Gradients of (x, delta, A, B, C, D, delta_bias, delta_weight), each in its input's dtype (None where the
-    input is absent); with ``delta_weight``, delta's is that of its rank-R input."""
+    input is absent); with ``delta_weight``, delta's is that of its rank-R input; with ``A_is_log``, A's is that of
+    the log it holds."""
     x, B, C = _positions_flat(x), _positions_flat(B), _positions_flat(C)
     if delta_weight is None:
         full = _positions_flat(delta)
@@ -112,7 +113,7 @@ def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, de
     operands = dict(u=_image_operand(x), delta=_image_operand(full), B=_image_operand(B), C=_image_operand(C),
                     gy=_merged_operand(grad_out), du=_image_operand(dx), ddelta=_image_operand(dfull),
                     dB=_image_operand(dB), dC=_image_operand(dC))
-    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg)
+    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, A_is_log)
     ddelta, dweight = dfull, None
     if delta_weight is not None:
         batch, routes, rank, height, width = delta.shape

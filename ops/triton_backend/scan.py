@@ -158,8 +158,9 @@ def new_states(geo: Geometry, cfg: TileConfig, save_states: bool, device: torch.
 
 
 def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool, cfg: TileConfig,
-                   states: torch.Tensor) -> None:
-    """Run the forward scan kernel into ``operands['y']`` and ``states`` (see :func:`new_states`)."""
+                   states: torch.Tensor, A_is_log: bool = False) -> None:
+    """Run the forward scan kernel into ``operands['y']`` and ``states`` (see :func:`new_states`); with ``A_is_log``
+    A holds log(-A)."""
     check_offsets(geo, operands)
     n_pad, n_cblk, n_chunks = geo.sizes(cfg)
     rows = geo.batch * geo.routes * n_cblk
@@ -185,7 +186,7 @@ def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias
            T=cfg.T, S=cfg.S, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, SAVE_STATES=save_states,
            EVEN=geo.channels % cfg.BC == 0 and geo.n_state == n_pad,
            SHARED_POS=strides['u'][3] == strides['delta'][3] == strides['y'][3] and strides['B'][3] == strides['C'][3],
-           ZERO_Y=zero_y, num_warps=_forward_warps(cfg, n_pad))
+           ZERO_Y=zero_y, A_IS_LOG=A_is_log, num_warps=_forward_warps(cfg, n_pad))
 
 
 def zeroed(*counts: int, device: torch.device) -> list[torch.Tensor]:
@@ -198,10 +199,10 @@ def zeroed(*counts: int, device: torch.device) -> list[torch.Tensor]:
 
 
 def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool,
-                    states: torch.Tensor, cfg: TileConfig) -> tuple[torch.Tensor, ...]:
+                    states: torch.Tensor, cfg: TileConfig, A_is_log: bool = False) -> tuple[torch.Tensor, ...]:
     """Run the backward scan kernel: the gradients of the strided operands go into operands 'du', 'ddelta', 'dB',
-    'dC'; returns the float32 gradients of (A, D, delta_bias) (None where absent), which the kernel adds into
-    zeroed buffers (one memset with its look-back flags)."""
+    'dC'; returns the float32 gradients of (A, D, delta_bias) (None where absent; A's that of its log with
+    ``A_is_log``), which the kernel adds into zeroed buffers (one memset with its look-back flags)."""
     n_pad, n_cblk, n_chunks = geo.sizes(cfg)
     if states.shape[1:] != (n_chunks + 1, n_pad, cfg.BC):
         raise RuntimeError('selective scan backward: the tile configuration changed since the forward')
@@ -223,5 +224,5 @@ def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bia
            L=geo.length, H=geo.height, W=geo.width, n_state=geo.n_state, channels=geo.channels, n_routes=geo.routes,
            n_cblk=n_cblk, n_chunks=n_chunks, seg_chunks=seg_chunks, n_seg=n_seg,
            CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-           T=cfg.T, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, num_warps=1)
+           T=cfg.T, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, A_IS_LOG=A_is_log, num_warps=1)
     return dA, dD, dbias

@@ -266,11 +266,11 @@ def _step_terms(u, delta, Bt, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.cons
 @triton.jit
 def _program_setup(flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg,
                    REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, NP: tl.constexpr,
-                   BC: tl.constexpr):
+                   BC: tl.constexpr, A_IS_LOG: tl.constexpr):
     """This program's work (segments numbered from the row's end when REVERSE) and per-channel parameters: batch
     (int64), route (int32, int64), segment, row, channel and state indices and masks, the channels' index among the
-    routes' channels, A (NP, BC), delta_bias and D (BC,) in float32, the (NP, BC) state offsets, the segment's chunks
-    [first, end)."""
+    routes' channels, A (NP, BC; -exp of what A_ptr holds when A_IS_LOG; 0 off the channels and states), delta_bias and
+    D (BC,) in float32, the (NP, BC) state offsets, the segment's chunks [first, end)."""
     group, k, s = _ticket(flag_ptr, n_routes, n_seg)
     b = group // n_cblk
     cbk = group % n_cblk
@@ -282,7 +282,10 @@ def _program_setup(flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes
     n = tl.arange(0, NP)
     mc, mn = c < channels, n < n_state
     ch = k64 * channels + c
-    A = tl.load(A_ptr + ch[None, :] * n_state + n[:, None], mask=mn[:, None] & mc[None, :], other=0.0).to(tl.float32)
+    mnc = mn[:, None] & mc[None, :]
+    A = tl.load(A_ptr + ch[None, :] * n_state + n[:, None], mask=mnc, other=0.0).to(tl.float32)
+    if A_IS_LOG:
+        A = tl.where(mnc, -tl.exp(A), 0.0)
     bias = tl.load(bias_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
     D = tl.load(D_ptr + ch, mask=mc, other=0.0).to(tl.float32) if HAS_D else 0.0
     offs = n[:, None] * BC + tl.arange(0, BC)[None, :]
@@ -467,7 +470,8 @@ def scan_fwd_kernel(
         # meta-parameters
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         T: tl.constexpr, S: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr,
-        SAVE_STATES: tl.constexpr, EVEN: tl.constexpr, SHARED_POS: tl.constexpr, ZERO_Y: tl.constexpr):
+        SAVE_STATES: tl.constexpr, EVEN: tl.constexpr, SHARED_POS: tl.constexpr, ZERO_Y: tl.constexpr,
+        A_IS_LOG: tl.constexpr):
     """Forward over one segment (seg_rounds rounds) of one row, the state carried between rounds.
 
     A round is S consecutive chunks of T steps, one per warp: each chunk first runs on its own (its steps' decays
@@ -490,7 +494,7 @@ def scan_fwd_kernel(
     n_rounds = (n_chunks + S - 1) // S
     b64, k, k64, s, row, c, n, mc, mn, ch, A, bias, D, offs, first, end = _program_setup(
         flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_rounds, seg_rounds, n_seg,
-        False, HAS_D, HAS_BIAS, NP, BC)
+        False, HAS_D, HAS_BIAS, NP, BC, A_IS_LOG)
     A2 = A * _LOG2E
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
     dl_base = dl_ptr + b64 * s_db + k64 * s_dk
@@ -592,7 +596,7 @@ def scan_bwd_kernel(
         L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg,
         # meta-parameters
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        T: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr):
+        T: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr, A_IS_LOG: tl.constexpr):
     """Backward over one segment of one row, chunks taken from its end, the adjoint carried between chunks.
     With dlog = d loss / d(dt * A):
 
@@ -602,11 +606,12 @@ def scan_bwd_kernel(
 
     h inside a chunk is recomputed from the forward's saved state entering it. With several segments per row, a
     first pass computes the segment's adjoint aggregate for the (reversed) look-back. du is atomically added when
-    routes share the input (CROSS); dA, dB, dC, dD and d bias always are.
+    routes share the input (CROSS); dA, dB, dC, dD and d bias always are. With A_IS_LOG (A_ptr holds log(-A)) the
+    gradient added into dA_ptr is that of the log: dA * A.
     """
     b64, k, k64, s, row, c, n, mc, mn, ch, A, bias, D, offs, first, end = _program_setup(
         flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_chunks, seg_chunks, n_seg,
-        True, HAS_D, HAS_BIAS, NP, BC)
+        True, HAS_D, HAS_BIAS, NP, BC, A_IS_LOG)
     mnc = mn[:, None] & mc[None, :]
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
     dl_base = dl_ptr + b64 * s_db + k64 * s_dk
@@ -699,6 +704,8 @@ def scan_bwd_kernel(
             else:
                 tl.store(du_base + p * s_dup + c * s_duc, du.to(du_ptr.dtype.element_ty), mask=valid & mc)
             p = tl.where(valid, _next_position(p, -dp, -wrap, L, CROSS), p)
+    if A_IS_LOG:
+        acc_dA = acc_dA * A
     tl.atomic_add(dA_ptr + ch[None, :] * n_state + n[:, None], acc_dA, mask=mnc, sem='relaxed')
     if HAS_D:
         tl.atomic_add(dD_ptr + ch, acc_dD, mask=mc, sem='relaxed')

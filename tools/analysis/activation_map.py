@@ -63,7 +63,10 @@ def route_contributions(scan: dict, query: tuple[int, int]) -> torch.Tensor:
         delta = delta + scan['delta_bias'].to(dtype).view(ROUTES, channels, 1)
     dt = F.softplus(delta) if scan['delta_softplus'] else delta
     b_seq, c_seq = (cross_scan(scan[k][:1].to(dtype))[0] for k in ('B', 'C'))  # (4, N, L)
-    a = scan['A'].to(dtype).view(ROUTES, channels, -1)  # (4, C, N)
+    a = scan['A'].to(dtype)
+    if scan.get('A_is_log'):  # the model passes A_logs: A = -exp(A_logs)
+        a = -torch.exp(a)
+    a = a.view(ROUTES, channels, -1)  # (4, C, N)
     # the step at which each route reaches the query: scan a map of pixel indices
     index = torch.arange(length, dtype=dtype).view(1, 1, height, width)
     order = cross_scan(index)[0, :, 0]  # (4, L): pixel index at each step

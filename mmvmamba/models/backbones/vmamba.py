@@ -227,10 +227,10 @@ class SS2D(nn.Module):
         returns channel-last (B, H, W, d_inner): float32, or x's dtype under autocast (out_norm normalises in float32
         either way, and keeps half the memory)."""
         batch, _, height, width = x.shape
-        y = cross_selective_scan(x, dt_low, -torch.exp(self.A_logs.float()), b, c, self.Ds.float(),
+        y = cross_selective_scan(x, dt_low, self.A_logs.float(), b, c, self.Ds.float(),
                                  self.dt_projs_bias.float().flatten(), delta_softplus=True,
                                  float32_output=not torch.is_autocast_enabled(x.device.type),
-                                 delta_weight=self.dt_projs_weight)
+                                 delta_weight=self.dt_projs_weight, A_is_log=True)
         return y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
 
 

@@ -1,0 +1,26 @@
+"""Layout-only runs: a backend's Python code run for its allocations alone, with no kernel started.
+
+The operators' fake implementations (what ``torch.compile`` traces with) run a backend's own forward and backward
+inside its :class:`LayoutOnly` switch, so the fake outputs have the real shapes and strides and cannot drift from
+them.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+
+class LayoutOnly:
+    """A backend's switch: ``with switch():`` turns it on for the block (nesting restores the previous state);
+    ``switch.active`` says whether kernels must not start."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        previous, self.active = self.active, True
+        try:
+            yield
+        finally:
+            self.active = previous
