@@ -6,7 +6,8 @@ it with pip offline, with no build isolation and no dependencies, into ``--targe
 extension and prints how long the build took. Only the compiled ``selective_scan_cuda`` is used by mmvmamba's
 'mamba_ssm' backend, so mamba_ssm's own Python dependencies need not be installed.
 
-    pip download --no-deps --no-binary :all: mamba_ssm==2.3.2.post1   # where a package index is reachable
+    # where a package index is reachable, in an environment with torch (pip runs the setup for its metadata):
+    MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation mamba_ssm==2.3.2.post1
     python tools/build_mamba_ssm.py mamba_ssm-2.3.2.post1.tar.gz --target work_dirs/mamba_ssm
     PYTHONPATH=work_dirs/mamba_ssm:$PYTHONPATH python tools/run_gpu_tests.py tests/test_ops_mamba_ssm.py
 """
@@ -91,8 +92,8 @@ def main() -> None:
     parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='parallel compile jobs (default: CPUs)')
     args = parser.parse_args()
     if not args.sdist.is_file():
-        raise SystemExit(f'{args.sdist} does not exist: download it with '
-                         f'pip download --no-deps --no-binary :all: mamba_ssm')
+        raise SystemExit(f'{args.sdist} does not exist: download it with MAMBA_SKIP_CUDA_BUILD=TRUE pip download '
+                         f'--no-deps --no-build-isolation mamba_ssm (where torch is installed)')
     arch = args.arch or visible_gpu_arch()
     seconds = build(args.sdist, args.target.resolve(), arch, args.jobs)
     print(f'built {args.sdist.name} for sm_{arch} with {args.jobs} jobs in {seconds:.0f} s; '
