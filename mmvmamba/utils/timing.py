@@ -77,10 +77,10 @@ def time_step(step: Callable[[], Any], device: torch.device | str, *, warmup: in
     return Timing(seconds, peak, output)
 
 
-def kernel_seconds(step: Callable[[], Any], device: torch.device | str, calls: int = 3) -> float:
-    """The GPU kernel time of one call of ``step``: the sum of its kernels' times (torch.profiler), the mean over
-    ``calls`` calls. Over a timed call's seconds it is the GPU-busy fraction, which says whether the host keeps the GPU
-    fed."""
+def kernel_profile(step: Callable[[], Any], device: torch.device | str, calls: int = 3) -> tuple[float, float]:
+    """The GPU kernel time of one call of ``step`` (the sum of its kernels' times, torch.profiler) and its number of
+    kernels, means over ``calls`` calls. The time over a timed call's seconds is the GPU-busy fraction, which says
+    whether the host keeps the GPU fed; the count is what the host launches a call."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize(device)
@@ -89,7 +89,7 @@ def kernel_seconds(step: Callable[[], Any], device: torch.device | str, calls: i
             step()
         torch.cuda.synchronize(device)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(e.device_time for e in kernels) / 1e6 / calls
+    return sum(e.device_time for e in kernels) / 1e6 / calls, len(kernels) / calls
 
 
 def peak_rss_bytes() -> int:

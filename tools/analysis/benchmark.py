@@ -29,7 +29,7 @@ from mmvmamba.models import VMamba, VMambaClassifier
 from mmvmamba.models.backbones.vmamba import ARCH_ALIASES
 from mmvmamba.utils.cli import add_rounds_option, build_model_from_args, format_table, model_arguments, parse_model_args
 from mmvmamba.utils.config import TensorModel, get_backbone, model_kind
-from mmvmamba.utils.timing import kernel_seconds, time_step
+from mmvmamba.utils.timing import kernel_profile, time_step
 
 # the Swin of the same size as each VMamba preset: ratios are printed against it
 SWIN = {'tiny': 'swin_tiny_patch4_window7_224', 'small': 'swin_small_patch4_window7_224',
@@ -56,6 +56,7 @@ class Result:
     peak_bytes: int | None
     reference: str | None = None  # the model this one is compared with
     gpu_busy: float | None = None  # the step's GPU kernel time over its wall time (CUDA only)
+    kernels: float | None = None  # GPU kernels launched a step (CUDA only)
     spread: float = 0.0  # over rounds: slowest over fastest time, minus 1
 
     @property
@@ -192,16 +193,16 @@ class Step:
             self.step()
         self.resident = (torch.cuda.memory_allocated(device) - before) if device.type == 'cuda' else 0
 
-    def measure(self, args: argparse.Namespace) -> tuple[float, int | None, float | None]:
+    def measure(self, args: argparse.Namespace) -> tuple[float, int | None, float | None, float | None]:
         """(median seconds per step, peak bytes of this model's step: its resident memory plus what its steps
-        allocate, other models' resident memory excluded, GPU-busy fraction)."""
+        allocate, other models' resident memory excluded, GPU-busy fraction, kernels launched a step)."""
         cuda = self.device.type == 'cuda'
         others = torch.cuda.memory_allocated(self.device) - self.resident if cuda else 0
         measured = time_step(self.step, self.device, warmup=1, repeats=args.repeats, calls=args.iters)
         if not cuda:
-            return measured.median, None, None
-        return (measured.median, measured.peak_cuda_bytes - others,
-                kernel_seconds(self.step, self.device) / measured.median)
+            return measured.median, None, None, None
+        kernel_time, kernels = kernel_profile(self.step, self.device)
+        return measured.median, measured.peak_cuda_bytes - others, kernel_time / measured.median, kernels
 
 
 def capture(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
@@ -222,8 +223,8 @@ def benchmark(label: str, model: nn.Module, size: tuple[int, int], batch: int, p
               args: argparse.Namespace, reference: str | None = None) -> Result:
     """One setting of one model, built and measured once (the sweep's way)."""
     step = Step(model, size, batch, precision, mode, args)
-    seconds, peak, busy = step.measure(args)
-    return Result(label, step.params, size, batch, precision, mode, seconds, peak, reference, busy)
+    seconds, peak, busy, kernels = step.measure(args)
+    return Result(label, step.params, size, batch, precision, mode, seconds, peak, reference, busy, kernels)
 
 
 def run_safely(fn: Callable, label: str, *args, **kwargs):
@@ -241,14 +242,15 @@ def run_safely(fn: Callable, label: str, *args, **kwargs):
 def results_table(results: list[Result], title: str) -> str:
     by_key = {(r.model, r.size, r.precision, r.mode): r for r in results}
     header = ['model', 'params', 'input', 'batch', 'prec', 'mode', 'img/s', 'ms/iter', 'peak GB', 'GPU busy',
-              'spread', 'vs Swin']
+              'kernels', 'spread', 'vs Swin']
     rows = []
     for r in sorted(results, key=lambda r: (r.mode, r.precision, r.size)):
         ref = by_key.get((r.reference, r.size, r.precision, r.mode)) if r.reference else None
         rows.append([r.model, f'{r.params / 1e6:.1f}M', f'{r.size[0]}x{r.size[1]}', str(r.batch), r.precision, r.mode,
                      f'{r.throughput:.1f}', f'{r.seconds * 1e3:.1f}',
                      '-' if r.peak_bytes is None else f'{r.peak_bytes / 2 ** 30:.2f}',
-                     '-' if r.gpu_busy is None else f'{r.gpu_busy:.2f}', f'{r.spread:.0%}',
+                     '-' if r.gpu_busy is None else f'{r.gpu_busy:.2f}',
+                     '-' if r.kernels is None else f'{r.kernels:.0f}', f'{r.spread:.0%}',
                      f'{r.throughput / ref.throughput:.2f}x' if ref else '-'])
     return f'{title}\n{format_table(header, rows)}'
 
@@ -279,7 +281,7 @@ def main_runs(args: argparse.Namespace) -> list[Result]:
                 for r in range(args.rounds):
                     for label in rounds:
                         rounds[label].append(steps[label].measure(args))
-                        seconds, _, busy = rounds[label][-1]
+                        seconds, _, busy, _ = rounds[label][-1]
                         print(f'{label} {size} {precision} {mode} round {r}: {args.batch / seconds:.1f} img/s'
                               + ('' if busy is None else f', GPU busy {busy:.2f}'), flush=True)
                 for label, reference in ((e[0], e[2]) for e in entries):
@@ -292,11 +294,12 @@ def main_runs(args: argparse.Namespace) -> list[Result]:
 
 
 def round_result(label: str, params: int, setting: tuple, rounds: list[tuple], reference: str | None) -> Result:
-    """The median over rounds of (seconds, peak, GPU-busy), and the rounds' spread (slowest over fastest - 1)."""
+    """The median over rounds of (seconds, peak, GPU-busy, kernels), and the rounds' spread (slowest over fastest
+    - 1)."""
     seconds = [r[0] for r in rounds]
     peak = rounds[0][1]
-    busy = statistics.median(r[2] for r in rounds) if rounds[0][2] is not None else None
-    return Result(label, params, *setting, statistics.median(seconds), peak, reference, busy,
+    busy, kernels = (statistics.median(r[i] for r in rounds) if rounds[0][i] is not None else None for i in (2, 3))
+    return Result(label, params, *setting, statistics.median(seconds), peak, reference, busy, kernels,
                   max(seconds) / min(seconds) - 1)
 
 
