@@ -15,6 +15,7 @@ of an absent D, delta_bias or delta_weight) come back as empty tensors.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -49,6 +50,25 @@ def _or_none(t: Tensor, present: bool) -> Tensor | None:
     return t if present else None
 
 
+def _without_aliases(fn: Callable) -> Callable:
+    """``fn`` as a custom operator may run it: its outputs may not alias its inputs or each other, so an output that
+    shares memory with an input or an earlier output comes back as a copy. The eager path calls ``fn`` itself and
+    keeps such views (gradients carved from one zeroed buffer, for one memset)."""
+    @functools.wraps(fn)
+    def run(*args):
+        outputs = fn(*args)
+        seen = {a.untyped_storage().data_ptr() for a in args if isinstance(a, Tensor) and a.numel()}
+        unaliased = []
+        for t in outputs:
+            if t.numel():
+                if t.untyped_storage().data_ptr() in seen:
+                    t = t.clone()
+                seen.add(t.untyped_storage().data_ptr())
+            unaliased.append(t)
+        return tuple(unaliased)
+    return run
+
+
 @dataclasses.dataclass
 class Pair:
     """An operator's forward and backward: the custom operators, and the plain functions behind them.
@@ -65,8 +85,9 @@ class Pair:
 
     def register(self, name: str, forward_fake: Callable, backward_fake: Callable) -> None:
         """Make the custom operators ``NAMESPACE::name`` and ``NAMESPACE::name_backward``, with autograd."""
-        self.op = torch.library.custom_op(f'{NAMESPACE}::{name}', mutates_args=())(self.forward)
-        self.backward_op = torch.library.custom_op(f'{NAMESPACE}::{name}_backward', mutates_args=())(self.backward)
+        self.op = torch.library.custom_op(f'{NAMESPACE}::{name}', mutates_args=())(_without_aliases(self.forward))
+        self.backward_op = torch.library.custom_op(f'{NAMESPACE}::{name}_backward', mutates_args=())(
+            _without_aliases(self.backward))
         self.op.register_fake(forward_fake)
         self.backward_op.register_fake(backward_fake)
         self.op.register_autograd(lambda ctx, *grads: self.grads(ctx, self.backward_op, *grads),

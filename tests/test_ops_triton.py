@@ -345,9 +345,33 @@ def interpreter_layer_norm(device='cpu'):
         norm._BWD_PROGRAMS = programs
 
 
+def interpreter_compiled(device='cpu'):
+    """The Triton operators as custom operators under torch.compile (their fake implementations traced, then run):
+    a fused scan of A_logs into a LayerNorm equals eager, outputs and every gradient. Custom operators may not return
+    outputs that alias each other (the backward's gradients carved from one zeroed buffer)."""
+    x = cross_inputs(1, 3, 1, 3, 4, torch.float32, device, low_rank=True)
+    x.update(A=torch.log(-x['A']), weight=torch.rand(3, device=device) + 0.5, bias=torch.randn(3, device=device))
+
+    def scan_norm(x, delta, A, B, C, D, delta_bias, delta_weight, weight, bias):
+        y = tb.cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_weight=delta_weight, A_is_log=True)
+        return tb.layer_norm(y.transpose(1, 2), weight, bias, out_dtype=torch.bfloat16)
+
+    compiled = torch.compile(scan_norm, backend='aot_eager', fullgraph=True)
+    results = []
+    for fn in (scan_norm, compiled):
+        xs = leaves(x)
+        out = fn(**xs)
+        results.append((out, torch.autograd.grad(out.float().square().sum(), list(xs.values()))))
+    (out_eager, grads_eager), (out_compiled, grads_compiled) = results
+    assert torch.equal(out_compiled, out_eager)
+    for name, eager, compiled_grad in zip(x, grads_eager, grads_compiled, strict=True):
+        assert torch.allclose(compiled_grad, eager, rtol=1e-6, atol=1e-7), name
+
+
 INTERPRETER_CASES = {f.__name__: f for f in (interpreter_cross, interpreter_scan, interpreter_segments,
                                              interpreter_look_back, interpreter_fused, interpreter_fused_half,
-                                             interpreter_fused_low_rank, interpreter_layer_norm)}
+                                             interpreter_fused_low_rank, interpreter_layer_norm,
+                                             interpreter_compiled)}
 
 
 @pytest.mark.parametrize('case', sorted(INTERPRETER_CASES))
