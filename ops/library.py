@@ -57,15 +57,16 @@ def _without_aliases(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def run(*args):
         outputs = fn(*args)
+        single = isinstance(outputs, Tensor)
         seen = {a.untyped_storage().data_ptr() for a in args if isinstance(a, Tensor) and a.numel()}
         unaliased = []
-        for t in outputs:
+        for t in (outputs,) if single else outputs:
             if t.numel():
                 if t.untyped_storage().data_ptr() in seen:
                     t = t.clone()
                 seen.add(t.untyped_storage().data_ptr())
             unaliased.append(t)
-        return tuple(unaliased)
+        return unaliased[0] if single else tuple(unaliased)
     return run
 
 

@@ -347,13 +347,15 @@ def interpreter_layer_norm(device='cpu'):
 
 def interpreter_compiled(device='cpu'):
     """The Triton operators as custom operators under torch.compile (their fake implementations traced, then run):
-    a fused scan of A_logs into a LayerNorm equals eager, outputs and every gradient. Custom operators may not return
+    a fused scan of A_logs, a cross-scan and -merge and a LayerNorm equal eager, outputs and every gradient. Custom operators may not return
     outputs that alias each other (the backward's gradients carved from one zeroed buffer)."""
     x = cross_inputs(1, 3, 1, 3, 4, torch.float32, device, low_rank=True)
     x.update(A=torch.log(-x['A']), weight=torch.rand(3, device=device) + 0.5, bias=torch.randn(3, device=device))
 
     def scan_norm(x, delta, A, B, C, D, delta_bias, delta_weight, weight, bias):
         y = tb.cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_weight=delta_weight, A_is_log=True)
+        # and the layout operators, through a cross-scan and its merge (which sum the routes: 4 y)
+        y = tb.cross_merge(tb.cross_scan(y.unflatten(2, x.shape[2:])).unflatten(3, x.shape[2:])) / 4
         return tb.layer_norm(y.transpose(1, 2), weight, bias, out_dtype=torch.bfloat16)
 
     compiled = torch.compile(scan_norm, backend='aot_eager', fullgraph=True)
