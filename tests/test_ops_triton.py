@@ -347,8 +347,9 @@ def interpreter_layer_norm(device='cpu'):
 
 def interpreter_compiled(device='cpu'):
     """The Triton operators as custom operators under torch.compile (their fake implementations traced, then run):
-    a fused scan of A_logs, a cross-scan and -merge and a LayerNorm equal eager, outputs and every gradient. Custom operators may not return
-    outputs that alias each other (the backward's gradients carved from one zeroed buffer)."""
+    a fused scan of A_logs, a cross-scan and -merge and a LayerNorm equal eager, outputs and every gradient. Custom
+    operators may not return outputs that alias each other (the backward's gradients carved from one zeroed
+    buffer)."""
     x = cross_inputs(1, 3, 1, 3, 4, torch.float32, device, low_rank=True)
     x.update(A=torch.log(-x['A']), weight=torch.rand(3, device=device) + 0.5, bias=torch.randn(3, device=device))
 
