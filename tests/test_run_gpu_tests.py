@@ -3,6 +3,7 @@ skip)."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,9 +27,14 @@ def test_queue_runs_tests_in_order_until_the_timeout(tmp_path):
     the timeout leaves unstarted."""
     scripts = {'pass': 'print("1 passed in 0.01s")', 'fail': 'import sys; print("1 failed"); sys.exit(1)',
                'slow': 'import time; time.sleep(60)', 'later': 'print("1 passed in 0.01s")'}
+    reported, start = [], time.monotonic()
     results = run_gpu_tests.run_queue(list(scripts), 1, 8.0, tmp_path,
-                                      command=lambda test: [sys.executable, '-c', scripts[test]])
+                                      command=lambda test: [sys.executable, '-c', scripts[test]],
+                                      report=lambda test, result: reported.append((test, result,
+                                                                                   time.monotonic() - start)))
     assert results == {'pass': 'passed', 'fail': 'failed (exit 1)', 'slow': 'timed out', 'later': 'not run'}
+    assert [(test, result) for test, result, _ in reported] == list(results.items())  # each once, in order
+    assert reported[0][2] < 6.0 <= reported[2][2]  # 'pass' reported when it ended, not at the 8 s deadline
     assert sorted(p.name for p in tmp_path.iterdir()) == ['000_pass.log', '001_fail.log', '002_slow.log']
 
 

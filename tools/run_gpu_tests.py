@@ -8,9 +8,10 @@ compiles for minutes holds up no other test.
     python tools/run_gpu_tests.py                          # every GPU test under tests/
     python tools/run_gpu_tests.py --jobs 8 -k cross tests/test_ops_triton.py
 
-Each test's pytest output goes to its own log in ``--log-dir``. The summary gives every test's outcome: passed,
-skipped, failed, timed out (``--timeout`` ran out while it ran) or not run (it ran out before the test started), then
-the counts. Exit status: 0 when every test passed or was skipped (as in pytest, GPU tests skip without CUDA), 1 if
+Each test's pytest output goes to its own log in ``--log-dir``. Every test's outcome is printed as soon as it is
+known (so a run killed from outside keeps what finished): passed, skipped, failed, timed out (``--timeout``, counted
+from the start, collection included, ran out while it ran) or not run (it ran out before the test started); then the
+counts. Exit status: 0 when every test passed or was skipped (as in pytest, GPU tests skip without CUDA), 1 if
 any failed, timed out or did not run, 5 if nothing was collected.
 """
 from __future__ import annotations
@@ -54,13 +55,15 @@ def outcome(code: int, log_text: str) -> str:
 
 
 def run_queue(tests: list[str], jobs: int, timeout: float, log_dir: pathlib.Path,
-              command: Callable[[str], list[str]] = pytest_command) -> dict[str, str]:
+              command: Callable[[str], list[str]] = pytest_command,
+              report: Callable[[str, str], None] = lambda test, result: None) -> dict[str, str]:
     """Run ``command(test)`` for every test, at most ``jobs`` at once, in queue order, until ``timeout`` seconds
-    have passed; each process's output goes to its own log. Returns every test's outcome."""
+    have passed; each process's output goes to its own log, each outcome to ``report(test, outcome)`` as soon as it is
+    known. Returns every test's outcome, in the tests' order."""
     deadline = time.monotonic() + timeout
     pending = collections.deque(enumerate(tests))
     running: dict[subprocess.Popen, tuple[str, pathlib.Path]] = {}
-    results: dict[str, str] = {}
+    results = _Reported(report)
     while pending or running:
         while pending and len(running) < jobs and time.monotonic() < deadline:
             index, test = pending.popleft()
@@ -81,6 +84,26 @@ def run_queue(tests: list[str], jobs: int, timeout: float, log_dir: pathlib.Path
     return {test: results[test] for test in tests}
 
 
+class _Reported(dict):
+    """A dict of outcomes that reports each one as it is set."""
+
+    def __init__(self, report: Callable[[str, str], None]):
+        super().__init__()
+        self.report = report
+
+    def __setitem__(self, test: str, result: str) -> None:
+        super().__setitem__(test, result)
+        self.report(test, result)
+
+    def update(self, items) -> None:
+        for test, result in items:
+            self[test] = result
+
+
+def print_outcome(test: str, result: str) -> None:
+    print(f'{result:9s} {test}', flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('paths', nargs='*', default=['tests'], help='test files or directories (default: tests)')
@@ -91,16 +114,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f'--jobs must be at least 1, got {args.jobs}')
+    start = time.monotonic()
     tests = collect(args.paths, args.keyword)
     if not tests:
         print('no GPU tests collected (check the paths and -k)')
         return 5  # as pytest: nothing collected
     log_dir = ROOT / args.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    results = run_queue(tests, args.jobs, args.timeout, log_dir)
-    for test, result in results.items():
-        print(f'{result:9s} {test}')
+    results = run_queue(tests, args.jobs, args.timeout - (time.monotonic() - start), log_dir, report=print_outcome)
     counts = collections.Counter(r.split(' (')[0] for r in results.values())
     print(f'{len(tests)} GPU tests, {args.jobs} at a time, {time.monotonic() - start:.0f} s: '
           + ', '.join(f'{n} {r}' for r, n in sorted(counts.items())) + f'; logs in {log_dir}')
