@@ -7,7 +7,9 @@ them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+
+import torch
 
 
 class LayoutOnly:
@@ -24,3 +26,9 @@ class LayoutOnly:
             yield
         finally:
             self.active = previous
+
+
+def gradient_layouts(inputs: Iterable[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
+    """Uninitialised tensors shaped, typed and placed as ``inputs`` (None stays None): the layout of gradients that
+    come back contiguous in their inputs' dtypes."""
+    return tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs)

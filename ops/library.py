@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import dispatch, reference
+from .layout import gradient_layouts
 
 # the operators' namespace: mmvmamba, or that of this package imported under another name (the repository's ops/
 # alone, or another checkout's beside this one), so that two copies never register the same operator
@@ -112,7 +113,7 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         if grads[0] is None:  # only the first output is differentiable: no gradient reached it
-            return (None,) * (1 + len(ctx.needs_input_grad[1:]))
+            return (None,) * len(ctx.needs_input_grad)
         return None, *ctx.pair.grads(ctx, ctx.pair.backward, *grads)
 
 
@@ -164,8 +165,7 @@ def _selective_scan_backward(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tensor
 
 def _selective_scan_backward_fake(grad_y, u, delta, A, B, C, D, delta_bias, residual, delta_softplus, backend):
     if backend == 'reference':
-        grads = tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
-                      for t in (u, delta, A, B, C, D, delta_bias))
+        grads = gradient_layouts((u, delta, A, B, C, D, delta_bias))
     else:
         grads = _fake_run(backend, 'selective_scan_backward', grad_y, u, delta, A, B, C, D, delta_bias, residual,
                           delta_softplus)
@@ -238,8 +238,7 @@ def _cross_selective_scan_backward(grad_out: Tensor, x: Tensor, delta: Tensor, A
 def _cross_selective_scan_backward_fake(grad_out, x, delta, A, B, C, D, delta_bias, delta_weight, residual,
                                         delta_softplus, A_is_log, backend):
     if backend == 'reference':
-        grads = tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
-                      for t in (x, delta, A, B, C, D, delta_bias, delta_weight))
+        grads = gradient_layouts((x, delta, A, B, C, D, delta_bias, delta_weight))
     else:
         grads = _fake_run(backend, 'cross_selective_scan_backward', grad_out, x, delta, A, B, C, D, delta_bias,
                           delta_weight, residual, delta_softplus, A_is_log)

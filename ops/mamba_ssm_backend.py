@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layout import LayoutOnly
+from .layout import LayoutOnly, gradient_layouts
 
 try:
     import selective_scan_cuda
@@ -75,8 +75,7 @@ def selective_scan_backward(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tensor,
                             ) -> tuple[Tensor | None, ...]:
     """Gradients of (u, delta, A, B, C, D, delta_bias), each in its input's dtype (None for an absent input)."""
     if layout_only.active:
-        return tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
-                     for t in (u, delta, A, B, C, D, delta_bias))
+        return gradient_layouts((u, delta, A, B, C, D, delta_bias))
     u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
     grad_y = grad_y.to(u.dtype).contiguous()
     du, ddelta, dA, dB, dC, dD, dbias, *_ = selective_scan_cuda.bwd(

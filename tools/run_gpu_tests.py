@@ -63,7 +63,12 @@ def run_queue(tests: list[str], jobs: int, timeout: float, log_dir: pathlib.Path
     deadline = time.monotonic() + timeout
     pending = collections.deque(enumerate(tests))
     running: dict[subprocess.Popen, tuple[str, pathlib.Path]] = {}
-    results = _Reported(report)
+    results: dict[str, str] = {}
+
+    def record(test: str, result: str) -> None:
+        results[test] = result
+        report(test, result)
+
     while pending or running:
         while pending and len(running) < jobs and time.monotonic() < deadline:
             index, test = pending.popleft()
@@ -72,32 +77,17 @@ def run_queue(tests: list[str], jobs: int, timeout: float, log_dir: pathlib.Path
                 running[subprocess.Popen(command(test), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)] = (test, log)
         for proc in [p for p in running if p.poll() is not None]:
             test, log = running.pop(proc)
-            results[test] = outcome(proc.returncode, log.read_text())
+            record(test, outcome(proc.returncode, log.read_text()))
         if time.monotonic() >= deadline:
             for proc, (test, _) in running.items():
                 proc.kill()
                 proc.wait()
-                results[test] = 'timed out'
-            results.update((test, 'not run') for _, test in pending)
+                record(test, 'timed out')
+            for _, test in pending:
+                record(test, 'not run')
             break
         time.sleep(0.2)
     return {test: results[test] for test in tests}
-
-
-class _Reported(dict):
-    """A dict of outcomes that reports each one as it is set."""
-
-    def __init__(self, report: Callable[[str, str], None]):
-        super().__init__()
-        self.report = report
-
-    def __setitem__(self, test: str, result: str) -> None:
-        super().__setitem__(test, result)
-        self.report(test, result)
-
-    def update(self, items) -> None:
-        for test, result in items:
-            self[test] = result
 
 
 def print_outcome(test: str, result: str) -> None:

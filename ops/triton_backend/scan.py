@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -194,8 +195,8 @@ def zeroed(*counts: int, device: torch.device) -> list[torch.Tensor]:
     one each; each starts on a 16-byte boundary. ``.view(torch.float32)`` gives float zeros."""
     padded = [-(-count // 4) * 4 for count in counts]
     flat = torch.zeros(sum(padded), device=device, dtype=torch.int32)
-    return [flat[start:start + count] for start, count in zip(
-        (sum(padded[:i]) for i in range(len(counts))), counts, strict=True)]
+    starts = itertools.accumulate(padded[:-1], initial=0)
+    return [flat[start:start + count] for start, count in zip(starts, counts, strict=True)]
 
 
 def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool,
