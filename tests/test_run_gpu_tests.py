@@ -30,12 +30,44 @@ def test_queue_runs_tests_in_order_until_the_timeout(tmp_path):
     reported, start = [], time.monotonic()
     results = run_gpu_tests.run_queue(list(scripts), 1, 8.0, tmp_path,
                                       command=lambda test: [sys.executable, '-c', scripts[test]],
-                                      report=lambda test, result: reported.append((test, result,
-                                                                                   time.monotonic() - start)))
+                                      report=lambda test, result, log: reported.append((test, result,
+                                                                                        time.monotonic() - start)))
     assert results == {'pass': 'passed', 'fail': 'failed (exit 1)', 'slow': 'timed out', 'later': 'not run'}
     assert [(test, result) for test, result, _ in reported] == list(results.items())  # each once, in order
     assert reported[0][2] < 6.0 <= reported[2][2]  # 'pass' reported when it ended, not at the 8 s deadline
     assert sorted(p.name for p in tmp_path.iterdir()) == ['000_pass.log', '001_fail.log', '002_slow.log']
+
+
+def test_a_timed_out_test_is_killed_with_the_processes_it_started(tmp_path):
+    pid_file = tmp_path / 'child.pid'
+    spawn = ('import subprocess, sys, time; '
+             'child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]); '
+             f'open({str(pid_file)!r}, "w").write(str(child.pid)); time.sleep(120)')
+    results = run_gpu_tests.run_queue(['spawns'], 1, 4.0, tmp_path, command=lambda test: [sys.executable, '-c', spawn])
+    assert results == {'spawns': 'timed out'}
+    child = int(pid_file.read_text())
+    for _ in range(50):  # killed; reaped by init shortly after
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if open(f'/proc/{child}/stat').read().split()[2] == 'Z':
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f'the test\'s child process {child} outlived the timeout')
+
+
+def test_a_failure_is_printed_with_the_end_of_its_log(tmp_path, capsys):
+    log = tmp_path / 'fail.log'
+    log.write_text(''.join(f'line {i}\n' for i in range(100)) + 'E   AssertionError: gradients differ\n')
+    printer = run_gpu_tests.outcome_printer(3)
+    printer('tests/a.py::test_x', 'failed (exit 1)', log)
+    printer('tests/a.py::test_y', 'passed', log)
+    printer('tests/a.py::test_z', 'not run', None)
+    assert capsys.readouterr().out == ('failed (exit 1) tests/a.py::test_x\n    | line 98\n    | line 99\n'
+                                       '    | E   AssertionError: gradients differ\n'
+                                       'passed    tests/a.py::test_y\nnot run   tests/a.py::test_z\n')
 
 
 def test_collects_only_gpu_tests_and_runs_each_in_its_own_process(tmp_path):

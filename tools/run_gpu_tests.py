@@ -11,15 +11,19 @@ compiles for minutes holds up no other test.
 Each test's pytest output goes to its own log in ``--log-dir``. Every test's outcome is printed as soon as it is
 known (so a run killed from outside keeps what finished): passed, skipped, failed, timed out (``--timeout``, counted
 from the start, collection included, ran out while it ran) or not run (it ran out before the test started); then the
-counts. Exit status: 0 when every test passed or was skipped (as in pytest, GPU tests skip without CUDA), 1 if
-any failed, timed out or did not run, 5 if nothing was collected.
+counts. A test that runs out of time is killed with every process it started. A failed test's outcome comes with the last lines of its log (``--failure-lines``), so that the reason
+travels with the summary when the logs stay behind on another machine. Exit status: 0 when every test passed or
+was skipped (as in pytest, GPU tests skip without CUDA), 1 if any failed, timed out or did not run, 5 if nothing was
+collected.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -56,33 +60,37 @@ def outcome(code: int, log_text: str) -> str:
 
 def run_queue(tests: list[str], jobs: int, timeout: float, log_dir: pathlib.Path,
               command: Callable[[str], list[str]] = pytest_command,
-              report: Callable[[str, str], None] = lambda test, result: None) -> dict[str, str]:
+              report: Callable[[str, str, pathlib.Path | None], None] = lambda test, result, log: None
+              ) -> dict[str, str]:
     """Run ``command(test)`` for every test, at most ``jobs`` at once, in queue order, until ``timeout`` seconds
-    have passed; each process's output goes to its own log, each outcome to ``report(test, outcome)`` as soon as it is
-    known. Returns every test's outcome, in the tests' order."""
+    have passed; each process's output goes to its own log, each outcome to ``report(test, outcome, log)`` (no log for
+    a test not run) as soon as it is known. Returns every test's outcome, in the tests' order."""
     deadline = time.monotonic() + timeout
     pending = collections.deque(enumerate(tests))
     running: dict[subprocess.Popen, tuple[str, pathlib.Path]] = {}
     results: dict[str, str] = {}
 
-    def record(test: str, result: str) -> None:
+    def record(test: str, result: str, log: pathlib.Path | None = None) -> None:
         results[test] = result
-        report(test, result)
+        report(test, result, log)
 
     while pending or running:
         while pending and len(running) < jobs and time.monotonic() < deadline:
             index, test = pending.popleft()
             log = log_dir / f'{index:03d}_{re.sub(r"[^A-Za-z0-9_.-]+", "_", test.split("/")[-1])[:120]}.log'
             with log.open('w') as out:
-                running[subprocess.Popen(command(test), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)] = (test, log)
+                # a session of its own: a timed-out test is killed with everything it started (inductor's compile
+                # workers, Triton's compiler), which would otherwise keep loading the machine's cores
+                running[subprocess.Popen(command(test), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)] = (test, log)
         for proc in [p for p in running if p.poll() is not None]:
             test, log = running.pop(proc)
-            record(test, outcome(proc.returncode, log.read_text()))
+            record(test, outcome(proc.returncode, log.read_text()), log)
         if time.monotonic() >= deadline:
-            for proc, (test, _) in running.items():
-                proc.kill()
+            for proc, (test, log) in running.items():
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                record(test, 'timed out')
+                record(test, 'timed out', log)
             for _, test in pending:
                 record(test, 'not run')
             break
@@ -90,8 +98,14 @@ def run_queue(tests: list[str], jobs: int, timeout: float, log_dir: pathlib.Path
     return {test: results[test] for test in tests}
 
 
-def print_outcome(test: str, result: str) -> None:
-    print(f'{result:9s} {test}', flush=True)
+def outcome_printer(failure_lines: int) -> Callable[[str, str, pathlib.Path | None], None]:
+    """Prints each outcome on a line, a failure followed by the last ``failure_lines`` lines of its log."""
+    def print_outcome(test: str, result: str, log: pathlib.Path | None) -> None:
+        print(f'{result:9s} {test}', flush=True)
+        if result.startswith('failed') and log is not None and failure_lines > 0:
+            tail = log.read_text(errors='replace').rstrip().splitlines()[-failure_lines:]
+            print(''.join(f'    | {line}\n' for line in tail), end='', flush=True)
+    return print_outcome
 
 
 def main() -> int:
@@ -101,9 +115,13 @@ def main() -> int:
     parser.add_argument('--jobs', type=int, default=8, help='pytest processes at once (default 8)')
     parser.add_argument('--timeout', type=float, default=1800, help='seconds for the whole run (default 1800)')
     parser.add_argument('--log-dir', default='work_dirs/gpu_tests', help='one log per test')
+    parser.add_argument('--failure-lines', type=int, default=40,
+                        help='lines of a failed test\'s log printed after its outcome (default 40; 0: none)')
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f'--jobs must be at least 1, got {args.jobs}')
+    if args.failure_lines < 0:
+        parser.error(f'--failure-lines must be 0 or more, got {args.failure_lines}')
     start = time.monotonic()
     tests = collect(args.paths, args.keyword)
     if not tests:
@@ -111,7 +129,8 @@ def main() -> int:
         return 5  # as pytest: nothing collected
     log_dir = ROOT / args.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
-    results = run_queue(tests, args.jobs, args.timeout - (time.monotonic() - start), log_dir, report=print_outcome)
+    results = run_queue(tests, args.jobs, args.timeout - (time.monotonic() - start), log_dir,
+                        report=outcome_printer(args.failure_lines))
     counts = collections.Counter(r.split(' (')[0] for r in results.values())
     print(f'{len(tests)} GPU tests, {args.jobs} at a time, {time.monotonic() - start:.0f} s: '
           + ', '.join(f'{n} {r}' for r, n in sorted(counts.items())) + f'; logs in {log_dir}')

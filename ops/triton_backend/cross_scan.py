@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import launch
+from .launch import cdiv, launch, next_power_of_2
 
 ROUTES = 4
 
@@ -57,8 +57,8 @@ def _route_gather(src: torch.Tensor, strides: tuple[int, ...], out: torch.Tensor
     """Launch :func:`route_gather_kernel`; src is (B, 4, C, H, W) given by its 5 strides (route stride 0 for a map
     shared by the routes), out is contiguous (B, 4, C, L), or (B, C, L) when ``summed``."""
     batch, channels = out.shape[0], out.shape[-2]
-    block_c, block_l = min(32, triton.next_power_of_2(channels)), 64
-    grid = (batch * (1 if summed else ROUTES), triton.cdiv(channels, block_c), triton.cdiv(height * width, block_l))
+    block_c, block_l = min(32, next_power_of_2(channels)), 64
+    grid = (batch * (1 if summed else ROUTES), cdiv(channels, block_c), cdiv(height * width, block_l))
     s_sb, s_sk, s_sc, s_sh, s_sw = strides
     launch(route_gather_kernel, grid, out.device, src_ptr=src, dst_ptr=out, L=height * width, H=height, W=width,
            channels=channels, s_sb=s_sb, s_sk=s_sk, s_sc=s_sc, s_sh=s_sh, s_sw=s_sw, s_db=out.stride(0),

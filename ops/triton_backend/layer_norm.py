@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import launch
+from .launch import cdiv, launch, next_power_of_2
 
 
 @triton.jit
@@ -83,7 +83,7 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
 
 def _tiles(n: int) -> tuple[int, int, int]:
     """(rows per program, padded width, warps): about 4096 elements a program."""
-    block_n = triton.next_power_of_2(n)
+    block_n = next_power_of_2(n)
     rows = max(1, min(64, 4096 // block_n))
     return rows, block_n, 4 if block_n * rows <= 4096 else 8
 
@@ -106,7 +106,7 @@ def layer_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     mean = torch.empty(rows, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     tile_rows, block_n, warps = _tiles(n)
-    launch(_layer_norm_fwd, (triton.cdiv(rows, tile_rows),), x.device, x_ptr=x2, w_ptr=weight, b_ptr=bias, y_ptr=y,
+    launch(_layer_norm_fwd, (cdiv(rows, tile_rows),), x.device, x_ptr=x2, w_ptr=weight, b_ptr=bias, y_ptr=y,
            xhat_ptr=xhat if save_xhat else y, mean_ptr=mean, rstd_ptr=rstd, rows=rows, n=n, eps=eps,
            ROWS=tile_rows, BLOCK_N=block_n, SAVE_XHAT=save_xhat, num_warps=warps)
     return y, mean, rstd, xhat
@@ -122,7 +122,7 @@ def layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     rows = x2.shape[0]
     dx = torch.empty(x.shape, device=x.device, dtype=dx_dtype)
     tile_rows, block_n, warps = _tiles(n)
-    programs = min(triton.cdiv(rows, tile_rows), _BWD_PROGRAMS)
+    programs = min(cdiv(rows, tile_rows), _BWD_PROGRAMS)
     partials = torch.empty(2, programs, n, device=x.device, dtype=torch.float32)  # dw, db partials: one sum
     launch(_layer_norm_bwd, (programs,), x.device, x_ptr=x2, w_ptr=weight, dy_ptr=dy2, mean_ptr=mean,
            rstd_ptr=rstd, dx_ptr=dx, dw_ptr=partials[0], db_ptr=partials[1], rows=rows, n=n, ROWS=tile_rows,

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
-import triton
 
 from . import scan_kernels
-from .launch import launch
+from .launch import cdiv, launch, next_power_of_2
 
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 
@@ -62,15 +61,15 @@ def scan_config(n_state: int, channels: int, length: int, sequences: int) -> Til
     runs S chunks of a row at once, one a warp, the backward one chunk. S = 8 where rows of at least 2048 steps
     alone fill the GPU: fewer rows in flight then keep more of the merged output in L2. Elsewhere (shorter rows, or
     rows cut into segments) 4, whose rounds synchronise fewer warps."""
-    n_pad = triton.next_power_of_2(n_state)
+    n_pad = next_power_of_2(n_state)
     if _INTERPRET:
-        cfg = TileConfig(T=16, S=2, BC=min(4, triton.next_power_of_2(channels)), WIN=4, programs=1)
+        cfg = TileConfig(T=16, S=2, BC=min(4, next_power_of_2(channels)), WIN=4, programs=1)
     else:
-        bc = min(triton.next_power_of_2(channels), max(2, 64 // n_pad) if n_pad > 2 else 32)
+        bc = min(next_power_of_2(channels), max(2, 64 // n_pad) if n_pad > 2 else 32)
         t = 8 if n_pad < 8 else 4
         cfg = TileConfig(T=t, S=8, BC=bc, WIN=max(2, min(16, 256 // (n_pad * bc))), programs=2048)
-        rows = sequences * triton.cdiv(channels, bc)
-        if length < 2048 or _forward_segments(rows, triton.cdiv(length, t), n_pad, cfg)[1] > 1:
+        rows = sequences * cdiv(channels, bc)
+        if length < 2048 or _forward_segments(rows, cdiv(length, t), n_pad, cfg)[1] > 1:
             cfg = dataclasses.replace(cfg, S=4)
     return dataclasses.replace(cfg, **_override)
 
@@ -82,17 +81,17 @@ def _forward_warps(cfg: TileConfig, n_pad: int) -> int:
 
 def _forward_segments(rows: int, n_chunks: int, n_pad: int, cfg: TileConfig) -> tuple[int, int]:
     """(rounds per segment, segments per row) of the forward kernel."""
-    return _segments(rows, triton.cdiv(n_chunks, cfg.S), _forward_warps(cfg, n_pad), cfg)
+    return _segments(rows, cdiv(n_chunks, cfg.S), _forward_warps(cfg, n_pad), cfg)
 
 
 def _segments(rows: int, n_units: int, warps: int, cfg: TileConfig) -> tuple[int, int]:
     """(units per segment, segments per row) for rows of n_units units (the forward's rounds, the backward's
     chunks) taken by programs of ``warps`` warps: rows are cut only when they alone cannot fill the GPU, since a
     cut row's segments read their inputs twice (aggregate pass, then outputs)."""
-    wanted = triton.cdiv(cfg.programs, rows * warps) if 2 * rows * warps < cfg.programs else 1
+    wanted = cdiv(cfg.programs, rows * warps) if 2 * rows * warps < cfg.programs else 1
     n_seg = min(n_units, max(1, wanted))
-    seg_units = triton.cdiv(n_units, n_seg)
-    return seg_units, triton.cdiv(n_units, seg_units)
+    seg_units = cdiv(n_units, n_seg)
+    return seg_units, cdiv(n_units, seg_units)
 
 
 class Operand(NamedTuple):
@@ -136,7 +135,7 @@ class Geometry:
 
     def sizes(self, cfg: TileConfig) -> tuple[int, int, int]:
         """(padded d_state, channel blocks, chunks) of a row."""
-        return triton.next_power_of_2(self.n_state), triton.cdiv(self.channels, cfg.BC), triton.cdiv(self.length,
+        return next_power_of_2(self.n_state), cdiv(self.channels, cfg.BC), cdiv(self.length,
                                                                                                      cfg.T)
 
 
