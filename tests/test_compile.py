@@ -5,6 +5,7 @@ import torch
 import torch._dynamo
 
 from mmvmamba import ops
+from mmvmamba.models.backbones import vmamba
 from mmvmamba.models.backbones.vmamba import VMamba, compile_arguments
 
 # both block generations, small: v2 (d_state 1, MLP, conv downsample) and v1 (gated, d_state 2, patch merging)
@@ -63,6 +64,20 @@ def test_inductor_compiles_dynamic_sizes_and_equals_eager():
     for size in ((64, 96), (96, 80)):
         x = torch.randn(2, 3, *size)
         assert_same(forward_backward(compiled, model, x), forward_backward(model, model, x), 1e-5)
+
+
+@pytest.mark.parametrize('has_strict_strides', [True, False])
+def test_compile_arguments_set_only_inductor_options_this_torch_knows(monkeypatch, has_strict_strides):
+    """torch.compile refuses an inductor option its torch does not have (torch 2.11 has no strict_output_strides)."""
+    known = vmamba.inductor_options()
+    if not has_strict_strides:
+        known.discard('strict_output_strides')
+        monkeypatch.setattr(vmamba, 'inductor_options', lambda: set(known))
+    arguments = compile_arguments(dict(mode='max-autotune-no-cudagraphs', dynamic=True))
+    assert set(arguments['options']) <= set(known)
+    assert ('strict_output_strides' in arguments['options']) == ('strict_output_strides' in known)
+    assert arguments['options']['max_autotune'] and arguments['dynamic'] and 'mode' not in arguments
+    assert compile_arguments(dict(backend='aot_eager')) == dict(backend='aot_eager')
 
 
 def test_compiled_model_follows_the_backend_chosen_around_it():

@@ -148,11 +148,17 @@ class LayerNorm(nn.LayerNorm):
         return layer_norm(x, self.weight, self.bias, self.eps, dtype)
 
 
+def inductor_options() -> set[str]:
+    """The option names that this torch's inductor (and so ``torch.compile(options=...)``) accepts."""
+    return set(torch._inductor.config.get_config_copy())
+
+
 def compile_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """``torch.compile`` keyword arguments for the backbone from the user's (``mode``, ``dynamic``, ...).
 
-    With the default inductor backend, ``strict_output_strides`` is set: under dynamic image sizes inductor (torch
-    2.14) otherwise fails to order the symbolic strides of a saved channel-last view (the depthwise conv's
+    With the default inductor backend, ``strict_output_strides`` is set where the installed inductor has it (torch
+    2.14 does, 2.11 does not, and torch.compile refuses an option it does not know): under dynamic image sizes
+    inductor 2.14 otherwise fails to order the symbolic strides of a saved channel-last view (the depthwise conv's
     permuted input: "cannot determine truth value of Relational"). A ``mode`` becomes its inductor options, since
     torch.compile takes a mode or options, not both.
     """
@@ -161,7 +167,8 @@ def compile_arguments(options: dict[str, Any]) -> dict[str, Any]:
         return arguments
     mode = arguments.pop('mode', None)
     mode_options = torch._inductor.list_mode_options(mode) if mode not in (None, 'default') else {}
-    arguments['options'] = {**mode_options, 'strict_output_strides': True, **arguments.get('options', {})}
+    strict = {'strict_output_strides': True} if 'strict_output_strides' in inductor_options() else {}
+    arguments['options'] = {**mode_options, **strict, **arguments.get('options', {})}
     return arguments
 
 
