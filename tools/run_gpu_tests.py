@@ -11,10 +11,10 @@ compiles for minutes holds up no other test.
 Each test's pytest output goes to its own log in ``--log-dir``. Every test's outcome is printed as soon as it is
 known (so a run killed from outside keeps what finished): passed, skipped, failed, timed out (``--timeout``, counted
 from the start, collection included, ran out while it ran) or not run (it ran out before the test started); then the
-counts. A test that runs out of time is killed with every process it started. A failed test's outcome comes with the last lines of its log (``--failure-lines``), so that the reason
-travels with the summary when the logs stay behind on another machine. Exit status: 0 when every test passed or
-was skipped (as in pytest, GPU tests skip without CUDA), 1 if any failed, timed out or did not run, 5 if nothing was
-collected.
+counts. A test that runs out of time is killed with every process it started. A failed test's outcome comes with the
+last lines of its log (``--failure-lines``), so that the reason travels with the summary when the logs stay behind
+on another machine. Exit status: 0 when every test passed or was skipped (as in pytest, GPU tests skip without
+CUDA), 1 if any failed, timed out or did not run, 5 if nothing was collected.
 """
 from __future__ import annotations
 
