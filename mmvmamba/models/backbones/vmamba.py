@@ -8,7 +8,7 @@ inside the network; the outputs are NCHW feature maps at strides 4, 8, 16 and 32
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -148,27 +148,28 @@ class LayerNorm(nn.LayerNorm):
         return layer_norm(x, self.weight, self.bias, self.eps, dtype)
 
 
-def inductor_options() -> set[str]:
-    """The option names that this torch's inductor (and so ``torch.compile(options=...)``) accepts."""
-    return set(torch._inductor.config.get_config_copy())
+def inductor_recomputing_views(graph: torch.fx.GraphModule, example_inputs: list, mode: str | None = None,
+                               options: dict[str, Any] | None = None) -> Callable:
+    """``torch.compile``'s inductor backend, with autograd's partitioner recomputing views in the backward instead of
+    saving them (``torch._functorch.config.recompute_views``, for this compilation only).
+
+    Under dynamic image sizes inductor (torch 2.11 to 2.14) cannot order the symbolic strides of a saved view (the
+    depthwise conv's channel-last input, permuted to NCHW: "cannot determine truth value of Relational"); a view costs
+    nothing to recompute.
+    """
+    from torch._inductor import list_mode_options
+    from torch._inductor.compile_fx import compile_fx
+    patches = {**(list_mode_options(mode) if mode not in (None, 'default') else {}), **(options or {})}
+    with torch._functorch.config.patch(recompute_views=True):
+        return compile_fx(graph, example_inputs, config_patches=patches)
 
 
 def compile_arguments(options: dict[str, Any]) -> dict[str, Any]:
-    """``torch.compile`` keyword arguments for the backbone from the user's (``mode``, ``dynamic``, ...).
-
-    With the default inductor backend, ``strict_output_strides`` is set where the installed inductor has it (torch
-    2.14 does, 2.11 does not, and torch.compile refuses an option it does not know): under dynamic image sizes
-    inductor 2.14 otherwise fails to order the symbolic strides of a saved channel-last view (the depthwise conv's
-    permuted input: "cannot determine truth value of Relational"). A ``mode`` becomes its inductor options, since
-    torch.compile takes a mode or options, not both.
-    """
+    """``torch.compile`` keyword arguments for the backbone from the user's (``mode``, ``dynamic``, ``options``...):
+    the default inductor backend becomes :func:`inductor_recomputing_views`, any other backend is left as given."""
     arguments = dict(options)
-    if arguments.get('backend', 'inductor') != 'inductor':
-        return arguments
-    mode = arguments.pop('mode', None)
-    mode_options = torch._inductor.list_mode_options(mode) if mode not in (None, 'default') else {}
-    strict = {'strict_output_strides': True} if 'strict_output_strides' in inductor_options() else {}
-    arguments['options'] = {**mode_options, **strict, **arguments.get('options', {})}
+    if arguments.get('backend', 'inductor') == 'inductor':
+        arguments['backend'] = inductor_recomputing_views
     return arguments
 
 
