@@ -168,8 +168,8 @@ def check_selective_scan(batch, channels, n_state, length, groups, dtype, device
     assert y.dtype == (torch.float32 if float32_output else dtype) and y.shape == (batch, channels, length)
 
 
-def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, device, low_rank=False):
-    x = cross_inputs(batch, channels, n_state, height, width, dtype, device, low_rank=low_rank)
+def check_cross_selective_scan(batch, channels, n_state, height, width, dtype, device, low_rank=False, dt_rank=3):
+    x = cross_inputs(batch, channels, n_state, height, width, dtype, device, dt_rank=dt_rank, low_rank=low_rank)
     y = check_against_reference(tb.cross_selective_scan, reference.cross_selective_scan, x, dtype)
     if low_rank:  # as the model calls it: A given as A_logs, -exp(A_logs) taken (and differentiated) in the kernels
         check_against_reference(tb.cross_selective_scan, reference.cross_selective_scan,
@@ -298,9 +298,11 @@ def interpreter_fused_half(device='cpu'):
 
 
 def interpreter_fused_low_rank(device='cpu'):
-    """delta as the rank-R input of dt_proj plus its weight: recomputed, never stored, for the backward."""
+    """delta as the rank-R input of dt_proj plus its weight: recomputed, never stored, for the backward; a rank
+    padded to 8 and one already a multiple of 8."""
     check_cross_selective_scan(2, 3, 1, 3, 4, torch.float32, device, low_rank=True)
     check_cross_selective_scan(1, 2, 2, 4, 3, torch.bfloat16, device, low_rank=True)
+    check_cross_selective_scan(1, 2, 1, 3, 3, torch.bfloat16, device, low_rank=True, dt_rank=8)
 
 
 def check_layer_norm(shape, dtype, out_dtype, device):

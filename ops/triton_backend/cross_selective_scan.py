@@ -34,10 +34,9 @@ def _merged_operand(t: torch.Tensor) -> Operand:
     return Operand(t, (t.stride(0), 0, t.stride(1), t.stride(2)))
 
 
-def _route_state_buffers(batch: int, n_state: int, height: int, width: int, device) -> tuple[torch.Tensor, ...]:
-    """Two float32 (batch, 4, N, H, W) zero buffers (one memset) laid out as (batch, H, W, 4, N), the layout of the
-    model's projections: the gradients of B and C."""
-    both = torch.zeros(2, batch, height, width, ROUTES, n_state, device=device, dtype=torch.float32)
+def _route_states(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B's and C's (batch, 4, N, H, W) views of a (2, batch, H, W, 4, N) buffer, the layout of the model's
+    projections."""
     return tuple(t.permute(0, 3, 4, 1, 2) for t in both)
 
 
@@ -58,7 +57,11 @@ def _low_rank_operands(delta: torch.Tensor, delta_weight: torch.Tensor) -> tuple
     batch, routes, rank, height, width = delta.shape
     padded = _aligned_rank(rank)
     low = F.pad(delta.permute(1, 0, 3, 4, 2), (0, padded - rank))  # one copy kernel writes values and zeros
-    weight = F.pad(delta_weight.to(delta.dtype), (0, padded - rank))
+    if padded == rank:
+        weight = delta_weight.to(delta.dtype)
+    else:  # a memset and a casting copy (F.pad of the cast weight takes three kernels)
+        weight = delta_weight.new_zeros((*delta_weight.shape[:-1], padded), dtype=delta.dtype)
+        weight[..., :rank] = delta_weight
     return low.reshape(routes, -1, padded), weight
 
 
@@ -109,7 +112,10 @@ def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, de
     A_c, D_c, bias_c = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
     dx = torch.zeros_like(x, dtype=torch.float32)
     dfull = torch.empty_like(full)
-    dB, dC = _route_state_buffers(geo.batch, geo.n_state, geo.height, geo.width, x.device)
+    # the gradients of B and C: float32 zeros (one memset) that the kernel adds into, then cast in one copy
+    dBC = torch.zeros(2, geo.batch, geo.height, geo.width, ROUTES, geo.n_state, device=x.device,
+                      dtype=torch.float32)
+    dB, dC = _route_states(dBC)
     operands = dict(u=_image_operand(x), delta=_image_operand(full), B=_image_operand(B), C=_image_operand(C),
                     gy=_merged_operand(grad_out), du=_image_operand(dx), ddelta=_image_operand(dfull),
                     dB=_image_operand(dB), dC=_image_operand(dC))
@@ -120,5 +126,9 @@ def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, de
         dfull = dfull.permute(1, 0, 3, 4, 2).reshape(routes, -1, dfull.shape[2])
         ddelta = torch.bmm(dfull, weight)[..., :rank].view(routes, batch, height, width, rank).permute(1, 0, 4, 2, 3)
         dweight = torch.bmm(low.transpose(1, 2), dfull)[:, :rank].transpose(1, 2).to(delta_weight.dtype)
-    return (dx.to(x.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+    if B.dtype == C.dtype:
+        dB, dC = _route_states(dBC.to(B.dtype))
+    else:
+        dB, dC = dB.to(B.dtype), dC.to(C.dtype)
+    return (dx.to(x.dtype), ddelta, dA.to(A.dtype), dB, dC,
             None if D is None else dD.to(D.dtype), None if delta_bias is None else dbias.to(delta_bias.dtype), dweight)
