@@ -58,16 +58,27 @@ def test_a_timed_out_test_is_killed_with_the_processes_it_started(tmp_path):
         raise AssertionError(f'the test\'s child process {child} outlived the timeout')
 
 
-def test_a_failure_is_printed_with_the_end_of_its_log(tmp_path, capsys):
+def test_a_failure_is_printed_with_pytests_error_lines_even_when_debug_output_follows(tmp_path, capsys):
     log = tmp_path / 'fail.log'
-    log.write_text(''.join(f'line {i}\n' for i in range(100)) + 'E   AssertionError: gradients differ\n')
+    log.write_text('line 0\n>       assert rel < tol\nE   AssertionError: gradients differ\nE   assert 0.3 <= 0.0001\n'
+                   + ''.join(f'DEBUG trace {i}\n' for i in range(100))
+                   + 'FAILED tests/a.py::test_x - AssertionError: gradients differ\n1 failed in 2.0s\n')
     printer = run_gpu_tests.outcome_printer(3)
     printer('tests/a.py::test_x', 'failed (exit 1)', log)
     printer('tests/a.py::test_y', 'passed', log)
     printer('tests/a.py::test_z', 'not run', None)
-    assert capsys.readouterr().out == ('failed (exit 1) tests/a.py::test_x\n    | line 98\n    | line 99\n'
-                                       '    | E   AssertionError: gradients differ\n'
+    assert capsys.readouterr().out == ('failed (exit 1) tests/a.py::test_x\n'
+                                       '    | E   AssertionError: gradients differ\n    | E   assert 0.3 <= 0.0001\n'
+                                       '    | FAILED tests/a.py::test_x - AssertionError: gradients differ\n'
                                        'passed    tests/a.py::test_y\nnot run   tests/a.py::test_z\n')
+
+
+def test_a_crash_without_error_lines_is_printed_with_the_end_of_its_log(tmp_path, capsys):
+    log = tmp_path / 'crash.log'
+    log.write_text(''.join(f'line {i}\n' for i in range(100)) + 'Fatal Python error: Segmentation fault\n')
+    run_gpu_tests.outcome_printer(2)('tests/a.py::test_x', 'failed (exit -11)', log)
+    assert capsys.readouterr().out == ('failed (exit -11) tests/a.py::test_x\n    | line 99\n'
+                                       '    | Fatal Python error: Segmentation fault\n')
 
 
 def test_collects_only_gpu_tests_and_runs_each_in_its_own_process(tmp_path):

@@ -11,9 +11,10 @@ compiles for minutes holds up no other test.
 Each test's pytest output goes to its own log in ``--log-dir``. Every test's outcome is printed as soon as it is
 known (so a run killed from outside keeps what finished): passed, skipped, failed, timed out (``--timeout``, counted
 from the start, collection included, ran out while it ran) or not run (it ran out before the test started); then the
-counts. A test that runs out of time is killed with every process it started. A failed test's outcome comes with the
-last lines of its log (``--failure-lines``), so that the reason travels with the summary when the logs stay behind
-on another machine. Exit status: 0 when every test passed or was skipped (as in pytest, GPU tests skip without
+counts. A test that runs out of time is killed with every process it started. A failed test's outcome comes with
+pytest's error lines from its log (the assertion or exception and the summary; the log's last lines when there are
+none), at most ``--failure-lines``, so that the reason travels with the summary when the logs stay behind on another
+machine. Exit status: 0 when every test passed or was skipped (as in pytest, GPU tests skip without
 CUDA), 1 if any failed, timed out or did not run, 5 if nothing was collected.
 """
 from __future__ import annotations
@@ -98,13 +99,23 @@ def run_queue(tests: list[str], jobs: int, timeout: float, log_dir: pathlib.Path
     return {test: results[test] for test in tests}
 
 
+def failure_excerpt(log_text: str, count: int) -> list[str]:
+    """The last ``count`` of the lines pytest marks as the error ('E ...': the assertion or exception) and its
+    'FAILED'/'ERROR' summary lines, or the log's last ``count`` lines when it has none (a crash). A log that ends in
+    captured output (a compiler's debug logging) still shows why the test failed."""
+    lines = log_text.rstrip().splitlines()
+    errors = [line for line in lines if line.startswith(('E ', 'FAILED ', 'ERROR '))]
+    return (errors or lines)[-count:]
+
+
 def outcome_printer(failure_lines: int) -> Callable[[str, str, pathlib.Path | None], None]:
-    """Prints each outcome on a line, a failure followed by the last ``failure_lines`` lines of its log."""
+    """Prints each outcome on a line, a failure followed by ``failure_lines`` lines of its log (see
+    :func:`failure_excerpt`)."""
     def print_outcome(test: str, result: str, log: pathlib.Path | None) -> None:
         print(f'{result:9s} {test}', flush=True)
         if result.startswith('failed') and log is not None and failure_lines > 0:
-            tail = log.read_text(errors='replace').rstrip().splitlines()[-failure_lines:]
-            print(''.join(f'    | {line}\n' for line in tail), end='', flush=True)
+            excerpt = failure_excerpt(log.read_text(errors='replace'), failure_lines)
+            print(''.join(f'    | {line}\n' for line in excerpt), end='', flush=True)
     return print_outcome
 
 
@@ -116,7 +127,7 @@ def main() -> int:
     parser.add_argument('--timeout', type=float, default=1800, help='seconds for the whole run (default 1800)')
     parser.add_argument('--log-dir', default='work_dirs/gpu_tests', help='one log per test')
     parser.add_argument('--failure-lines', type=int, default=40,
-                        help='lines of a failed test\'s log printed after its outcome (default 40; 0: none)')
+                        help='error lines of a failed test\'s log printed after its outcome (default 40; 0: none)')
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f'--jobs must be at least 1, got {args.jobs}')
