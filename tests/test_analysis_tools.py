@@ -377,3 +377,31 @@ def test_benchmark_ops_rejects_bad_options(args, messages):
     assert done.returncode == 2
     for message in messages:
         assert message in done.stderr
+
+
+def test_benchmark_ops_compile_jobs_run_each_shape_and_implementation_once_with_the_same_options(benchmark_ops):
+    parser = benchmark_ops.build_parser()
+    args = parser.parse_args(['--dtype', 'fp16', '--d-state', '4', '--shapes', 'classification', '--only', 'reference',
+                              '--only', 'triton fused', '--reference-max-elements', '1e6', '--compile-jobs', '8'])
+    cases = [benchmark_ops.Case(*s, 4, torch.float16) for s in benchmark_ops.CLASSIFICATION[:2]]
+    cases[0].batch = 1  # small enough for the reference: it is timed (so compiled) at this shape only
+    impls = dict.fromkeys(['reference', 'triton unfused', 'triton fused'])
+    commands = benchmark_ops.warm_commands(args, cases, impls)
+    runs = [parser.parse_args(command[2:]) for command in commands]
+    assert [(r.only, r.warm_case) for r in runs] == [(['reference'], 0), (['triton fused'], 0), (['triton fused'], 1)]
+    for run in runs:
+        assert (run.dtype, run.d_state, run.shapes, run.reference_max_elements, run.compile_jobs, run.sweep) == (
+            'fp16', 4, 'classification', 1e6, 0, False)
+    sweep = parser.parse_args(['--sweep'])
+    assert [parser.parse_args(c[2:]).only for c in benchmark_ops.warm_commands(sweep, cases, impls)] == [
+        ['triton fused'], ['triton fused']]
+
+
+def test_benchmark_ops_compile_jobs_report_a_failed_process(benchmark_ops, capsys):
+    ok = [sys.executable, '-c', 'pass', '--only', 'triton fused', '--warm-case', '0']
+    failing = [sys.executable, '-c', 'import sys; sys.exit("no CUDA")', '--only', 'triton unfused', '--warm-case', '1']
+    benchmark_ops.warm_cache([ok, failing], jobs=2)
+    err = capsys.readouterr().err
+    assert "compiling 'triton unfused' at shape 1 failed (exit 1):\nno CUDA" in err
+    assert "'triton fused'" not in err
+    assert 'compiled the kernels of 2 (shape, implementation) pairs in 2 processes at once' in err

@@ -19,17 +19,25 @@ between runs and machines, much less between neighbouring calls.
     python tools/analysis/benchmark_ops.py --sweep               # Triton tile configurations of the fused kernel
     python tools/analysis/benchmark_ops.py --only 'triton fused' --baseline ../other-checkout --rounds 3
                                                                  # this fused kernel against another checkout's
+
+The first use of each Triton kernel variant compiles it, one at a time in a process: on a fresh machine the table
+spends most of its time compiling (minutes a shape). ``--compile-jobs N`` first runs every (shape, implementation)
+once in its own process, N at a time, which compiles the variants in parallel into Triton's disk cache; the timing
+process then loads them.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import functools
 import importlib
 import importlib.util
 import pathlib
 import statistics
+import subprocess
 import sys
+import time
 import types
 
 import torch
@@ -181,6 +189,39 @@ def time_in_turns(fns: dict, inputs: Inputs, rounds: int) -> dict[str, tuple[flo
             for name, ts in times.items()}
 
 
+def run_once(fn, inputs: Inputs) -> None:
+    """One forward without autograd and one forward + backward: what compiles every kernel variant ``fn`` uses."""
+    with torch.no_grad():
+        out = fn(**inputs.plain)
+    torch.autograd.grad(fn(**inputs.leaves), list(inputs.leaves.values()), inputs.grad_out.to(out.dtype))
+
+
+def warm_commands(args: argparse.Namespace, cases: list[Case], impls: dict) -> list[list[str]]:
+    """One command per (shape, implementation) timed: this script with the same options, ``--only`` that
+    implementation and ``--warm-case`` the shape's index, which runs it once (:func:`run_once`) and exits."""
+    options = ['--dtype', args.dtype, '--d-state', str(args.d_state), '--shapes', args.shapes,
+               '--reference-max-elements', str(args.reference_max_elements),
+               *(['--baseline', args.baseline] if args.baseline else []), *(['--sweep'] if args.sweep else [])]
+    return [[sys.executable, str(pathlib.Path(__file__).resolve()), *options, '--only', name, '--warm-case', str(i)]
+            for i, case in enumerate(cases)
+            for name in chosen(impls, ['triton fused'] if args.sweep else args.only, case,
+                               args.reference_max_elements)
+            if name != 'baseline fused']
+
+
+def warm_cache(commands: list[list[str]], jobs: int) -> None:
+    """Run ``commands``, ``jobs`` at a time; a failure is reported (the timing run then compiles for itself)."""
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        done = list(pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True), commands))
+    for cmd, result in zip(commands, done, strict=True):
+        if result.returncode:
+            print(f'compiling {cmd[-3]!r} at shape {cmd[-1]} failed (exit {result.returncode}):\n'
+                  f'{result.stderr[-2000:]}', file=sys.stderr, flush=True)
+    print(f'compiled the kernels of {len(commands)} (shape, implementation) pairs in {jobs} processes at once in '
+          f'{time.monotonic() - start:.0f} s', file=sys.stderr, flush=True)
+
+
 def copy_bandwidth() -> float:
     """Device-to-device copy of 1 GiB, bytes read + written per second."""
     src = torch.randn(2 ** 28, device='cuda')
@@ -207,7 +248,7 @@ def row(label: str, name: str, case: Case, times: tuple[float, float], copy_bw: 
     return tuple(out)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='bf16', help='dtype of u, delta, B, C')
     parser.add_argument('--d-state', type=int, default=1)
@@ -223,10 +264,21 @@ def main() -> None:
     parser.add_argument('--baseline', metavar='CHECKOUT',
                         help="root of another checkout of this repository: its fused kernel is timed too (whatever "
                              "--only says), as 'baseline fused', on the same inputs")
+    parser.add_argument('--compile-jobs', type=int, default=0, metavar='N',
+                        help='first compile the kernels of every (shape, implementation) in its own process, N at '
+                             'a time (a fresh machine spends minutes a shape compiling; default 0: no)')
+    parser.add_argument('--warm-case', type=int, help=argparse.SUPPRESS)  # a --compile-jobs process: run one shape
     add_rounds_option(parser, 'the implementations of a shape')
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f'--rounds must be at least 1, got {args.rounds}')
+    if args.compile_jobs < 0:
+        parser.error(f'--compile-jobs must be 0 or more, got {args.compile_jobs}')
     if args.sweep and (args.baseline or args.rounds > 1):
         parser.error('--sweep times this checkout\'s fused kernel once per tile configuration: drop --baseline and '
                      '--rounds, or run them without --sweep')
@@ -243,6 +295,17 @@ def main() -> None:
     if args.sweep:
         shapes = [s for s in SWEEP_SHAPES if s in shapes]
     cases = [Case(*s, args.d_state, DTYPES[args.dtype]) for s in shapes]
+    if args.warm_case is not None:
+        case = cases[args.warm_case]
+        inputs = Inputs.make(case)
+        for fn in chosen(impls, args.only, case, args.reference_max_elements).values():
+            for cfg in SWEEP if args.sweep else [{}]:
+                with triton_backend.tile_config(**cfg):
+                    run_once(fn, inputs)
+        torch.cuda.synchronize()
+        return
+    if args.compile_jobs:
+        warm_cache(warm_commands(args, cases, impls), args.compile_jobs)
     copy_bw = copy_bandwidth()
     rows = []
     if args.sweep:
