@@ -387,20 +387,22 @@ def test_benchmark_ops_compile_jobs_run_each_shape_and_implementation_once_with_
     cases[0].batch = 1  # small enough for the reference: it is timed (so compiled) at this shape only
     impls = dict.fromkeys(['reference', 'triton unfused', 'triton fused'])
     commands = benchmark_ops.warm_commands(args, cases, impls)
-    runs = [parser.parse_args(command[2:]) for command in commands]
-    assert [(r.only, r.warm_case) for r in runs] == [(['reference'], 0), (['triton fused'], 0), (['triton fused'], 1)]
-    for run in runs:
+    runs = {job: parser.parse_args(command[2:]) for job, command in commands.items()}
+    assert list(runs) == [('reference', 0), ('triton fused', 0), ('triton fused', 1)]
+    assert all((run.only, run.warm_case) == ([name], index) for (name, index), run in runs.items())
+    for run in runs.values():
         assert (run.dtype, run.d_state, run.shapes, run.reference_max_elements, run.compile_jobs, run.sweep) == (
             'fp16', 4, 'classification', 1e6, 0, False)
     sweep = parser.parse_args(['--sweep'])
-    assert [parser.parse_args(c[2:]).only for c in benchmark_ops.warm_commands(sweep, cases, impls)] == [
+    assert [parser.parse_args(c[2:]).only for c in benchmark_ops.warm_commands(sweep, cases, impls).values()] == [
         ['triton fused'], ['triton fused']]
+    impls['baseline fused'] = None  # another checkout's kernel: compiled in a process of its own, once a shape
+    assert list(benchmark_ops.warm_commands(args, cases[1:], impls)) == [('triton fused', 0), ('baseline fused', 0)]
 
 
 def test_benchmark_ops_compile_jobs_report_a_failed_process(benchmark_ops, capsys):
-    ok = [sys.executable, '-c', 'pass', '--only', 'triton fused', '--warm-case', '0']
-    failing = [sys.executable, '-c', 'import sys; sys.exit("no CUDA")', '--only', 'triton unfused', '--warm-case', '1']
-    benchmark_ops.warm_cache([ok, failing], jobs=2)
+    benchmark_ops.warm_cache({('triton fused', 0): [sys.executable, '-c', 'pass'],
+                              ('triton unfused', 1): [sys.executable, '-c', 'import sys; sys.exit("no CUDA")']}, jobs=2)
     err = capsys.readouterr().err
     assert "compiling 'triton unfused' at shape 1 failed (exit 1):\nno CUDA" in err
     assert "'triton fused'" not in err

@@ -196,27 +196,29 @@ def run_once(fn, inputs: Inputs) -> None:
     torch.autograd.grad(fn(**inputs.leaves), list(inputs.leaves.values()), inputs.grad_out.to(out.dtype))
 
 
-def warm_commands(args: argparse.Namespace, cases: list[Case], impls: dict) -> list[list[str]]:
-    """One command per (shape, implementation) timed: this script with the same options, ``--only`` that
-    implementation and ``--warm-case`` the shape's index, which runs it once (:func:`run_once`) and exits."""
+def warm_commands(args: argparse.Namespace, cases: list[Case], impls: dict) -> dict[tuple[str, int], list[str]]:
+    """For each (implementation, shape index) timed, a command that runs it once (:func:`run_once`) and exits: this
+    script with the same options, ``--only`` that implementation and ``--warm-case`` the shape's index."""
     options = ['--dtype', args.dtype, '--d-state', str(args.d_state), '--shapes', args.shapes,
                '--reference-max-elements', str(args.reference_max_elements),
                *(['--baseline', args.baseline] if args.baseline else []), *(['--sweep'] if args.sweep else [])]
-    return [[sys.executable, str(pathlib.Path(__file__).resolve()), *options, '--only', name, '--warm-case', str(i)]
+    script = str(pathlib.Path(__file__).resolve())
+    return {(name, i): [sys.executable, script, *options, '--only', name, '--warm-case', str(i)]
             for i, case in enumerate(cases)
             for name in chosen(impls, ['triton fused'] if args.sweep else args.only, case,
-                               args.reference_max_elements)
-            if name != 'baseline fused']
+                               args.reference_max_elements)}
 
 
-def warm_cache(commands: list[list[str]], jobs: int) -> None:
-    """Run ``commands``, ``jobs`` at a time; a failure is reported (the timing run then compiles for itself)."""
+def warm_cache(commands: dict[tuple[str, int], list[str]], jobs: int) -> None:
+    """Run the commands of :func:`warm_commands`, ``jobs`` at a time; a failure is reported (the timing run then
+    compiles for itself)."""
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        done = list(pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True), commands))
-    for cmd, result in zip(commands, done, strict=True):
+        done = dict(zip(commands, pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True),
+                                           commands.values()), strict=True))
+    for (name, index), result in done.items():
         if result.returncode:
-            print(f'compiling {cmd[-3]!r} at shape {cmd[-1]} failed (exit {result.returncode}):\n'
+            print(f'compiling {name!r} at shape {index} failed (exit {result.returncode}):\n'
                   f'{result.stderr[-2000:]}', file=sys.stderr, flush=True)
     print(f'compiled the kernels of {len(commands)} (shape, implementation) pairs in {jobs} processes at once in '
           f'{time.monotonic() - start:.0f} s', file=sys.stderr, flush=True)
@@ -298,7 +300,7 @@ def main() -> None:
     if args.warm_case is not None:
         case = cases[args.warm_case]
         inputs = Inputs.make(case)
-        for fn in chosen(impls, args.only, case, args.reference_max_elements).values():
+        for fn in (impls[name] for name in args.only):  # exactly the one named (not the baseline beside it)
             for cfg in SWEEP if args.sweep else [{}]:
                 with triton_backend.tile_config(**cfg):
                     run_once(fn, inputs)
