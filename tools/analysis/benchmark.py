@@ -166,6 +166,8 @@ class Step:
         device = torch.device(args.device)
         self.device = device
         before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
         model = TensorModel(model).to(device)
         self.params = sum(p.numel() for p in model.parameters())
         run = torch.compile(model, mode=args.compile) if args.compile else model
@@ -189,6 +191,8 @@ class Step:
                 loss.backward()
                 optimizer.step()
         self.step = capture(step, device) if args.cuda_graph else step
+        # a graph allocates its memory while it is captured (after eager warm-up steps), not while it replays
+        self.capture_peak = (torch.cuda.max_memory_allocated(device) - before) if args.cuda_graph else 0
         for _ in range(args.warmup):  # compilation, autotuning and lazy state happen here, untimed
             self.step()
         self.resident = (torch.cuda.memory_allocated(device) - before) if device.type == 'cuda' else 0
@@ -202,7 +206,8 @@ class Step:
         if not cuda:
             return measured.median, None, None, None
         kernel_time, kernels = kernel_profile(self.step, self.device)
-        return measured.median, measured.peak_cuda_bytes - others, kernel_time / measured.median, kernels
+        peak = max(measured.peak_cuda_bytes - others, self.capture_peak)
+        return measured.median, peak, kernel_time / measured.median, kernels
 
 
 def capture(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
