@@ -87,6 +87,30 @@ def test_inductor_backend_recomputes_views_for_its_own_compilation_only(monkeypa
     assert compile_arguments(dict(backend='aot_eager')) == dict(backend='aot_eager')
 
 
+@pytest.mark.parametrize('dynamic,options,expected', [(True, None, False), (False, None, None),
+                                                       (True, {'triton.coalesce_tiling_analysis': True}, True)])
+def test_dynamic_size_compiles_turn_off_inductors_coalescing_analysis(monkeypatch, dynamic, options, expected):
+    """torch 2.11's inductor fails an assertion with no message in its Triton tiling's coalescing analysis on this
+    backbone's dynamic-size graphs (reproduced on the CPU through inductor's Triton code generator; 2.14.1 compiles
+    them): a graph with symbolic sizes is compiled with the analysis off, a static one with inductor's default, and
+    the user's options win."""
+    import torch._inductor.compile_fx
+    seen = []
+
+    def compile_fx(graph, example_inputs, config_patches):
+        seen.append(config_patches)
+        return graph.forward
+
+    monkeypatch.setattr(torch._inductor.compile_fx, 'compile_fx', compile_fx)
+    torch._dynamo.reset()
+
+    def backend(graph, example_inputs):
+        return vmamba.inductor_recomputing_views(graph, example_inputs, options=options)
+
+    assert torch.compile(lambda x: x * 2, backend=backend, dynamic=dynamic)(torch.ones(3, 5)).sum() == 30
+    assert len(seen) == 1 and seen[0].get('triton.coalesce_tiling_analysis') == expected
+
+
 def test_compiled_model_follows_the_backend_chosen_around_it():
     """The backend selection is guarded: a compiled model recompiles when a block chooses another backend."""
     torch._dynamo.reset()

@@ -148,6 +148,13 @@ class LayerNorm(nn.LayerNorm):
         return layer_norm(x, self.weight, self.bias, self.eps, dtype)
 
 
+def _has_symbolic_sizes(example_inputs: list) -> bool:
+    """Whether a graph's example inputs (fake tensors and sizes) carry symbolic sizes: a dynamic-shape compile."""
+    return any(isinstance(x, torch.SymInt) or isinstance(x, torch.Tensor) and any(isinstance(d, torch.SymInt)
+                                                                                 for d in x.shape)
+               for x in example_inputs)
+
+
 def inductor_recomputing_views(graph: torch.fx.GraphModule, example_inputs: list, mode: str | None = None,
                                options: dict[str, Any] | None = None) -> Callable:
     """``torch.compile``'s inductor backend, with autograd's partitioner recomputing views in the backward instead of
@@ -155,11 +162,14 @@ def inductor_recomputing_views(graph: torch.fx.GraphModule, example_inputs: list
 
     Under dynamic image sizes inductor (torch 2.11 to 2.14) cannot order the symbolic strides of a saved view (the
     depthwise conv's channel-last input, permuted to NCHW: "cannot determine truth value of Relational"); a view costs
-    nothing to recompute.
+    nothing to recompute. A graph with symbolic sizes is also compiled without the memory-coalescing analysis of
+    inductor's Triton tiling (``triton.coalesce_tiling_analysis``): on torch 2.11 it fails an assertion with no
+    message on this backbone's graphs (2.14.1 compiles them); ``options`` may turn it back on.
     """
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
-    patches = {**(list_mode_options(mode) if mode not in (None, 'default') else {}), **(options or {})}
+    patches = {**({'triton.coalesce_tiling_analysis': False} if _has_symbolic_sizes(example_inputs) else {}),
+               **(list_mode_options(mode) if mode not in (None, 'default') else {}), **(options or {})}
     with torch._functorch.config.patch(recompute_views=True):
         return compile_fx(graph, example_inputs, config_patches=patches)
 
