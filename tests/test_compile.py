@@ -68,8 +68,8 @@ def test_inductor_compiles_dynamic_sizes_and_equals_eager():
 
 
 def test_inductor_backend_recomputes_views_for_its_own_compilation_only(monkeypatch):
-    """The backbone's inductor backend compiles with recompute_views on (and the user's mode and options), and leaves
-    that switch as it was; other backends are passed through unchanged."""
+    """The backbone's inductor backend compiles with recompute_views on, inductor's layout optimization off (and the
+    user's mode and options), and leaves recompute_views as it was; other backends are passed through unchanged."""
     import torch._inductor.compile_fx
     seen = {}
 
@@ -84,6 +84,7 @@ def test_inductor_backend_recomputes_views_for_its_own_compilation_only(monkeypa
     arguments['backend'](None, [], mode=arguments['mode'], options={'max_autotune_gemm': False})
     assert seen['recompute_views'] and torch._functorch.config.recompute_views == before
     assert seen['patches']['max_autotune'] and seen['patches']['max_autotune_gemm'] is False
+    assert seen['patches']['layout_optimization'] is False  # channels-last strides on (B, H, W, C) tensors
     assert compile_arguments(dict(backend='aot_eager')) == dict(backend='aot_eager')
 
 

@@ -158,17 +158,23 @@ def _has_symbolic_sizes(example_inputs: list) -> bool:
 def inductor_recomputing_views(graph: torch.fx.GraphModule, example_inputs: list, mode: str | None = None,
                                options: dict[str, Any] | None = None) -> Callable:
     """``torch.compile``'s inductor backend, with autograd's partitioner recomputing views in the backward instead of
-    saving them (``torch._functorch.config.recompute_views``, for this compilation only).
+    saving them (``torch._functorch.config.recompute_views``, for this compilation only) and without inductor's layout
+    optimization; ``options`` (inductor config patches) override both config settings below.
 
     Under dynamic image sizes inductor (torch 2.11 to 2.14) cannot order the symbolic strides of a saved view (the
     depthwise conv's channel-last input, permuted to NCHW: "cannot determine truth value of Relational"); a view costs
-    nothing to recompute. A graph with symbolic sizes is also compiled without the memory-coalescing analysis of
-    inductor's Triton tiling (``triton.coalesce_tiling_analysis``): on torch 2.11 it fails an assertion with no
-    message on this backbone's graphs (2.14.1 compiles them); ``options`` may turn it back on.
+    nothing to recompute. The layout optimization (``layout_optimization``, on for static-size training graphs with
+    convolutions) gives every 4-D tensor near a convolution PyTorch's channels-last strides, which for this backbone's
+    channel-last (B, H, W, C) activations puts H innermost: the scan's output and chunk states are copied into that
+    layout and back in every block (about 160 extra kernels a VMamba-T training step). A graph with symbolic sizes is
+    also compiled without the memory-coalescing analysis of inductor's Triton tiling
+    (``triton.coalesce_tiling_analysis``): on torch 2.11 it fails an assertion with no message on this backbone's
+    graphs (2.14.1 compiles them).
     """
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
-    patches = {**({'triton.coalesce_tiling_analysis': False} if _has_symbolic_sizes(example_inputs) else {}),
+    patches = {'layout_optimization': False,
+               **({'triton.coalesce_tiling_analysis': False} if _has_symbolic_sizes(example_inputs) else {}),
                **(list_mode_options(mode) if mode not in (None, 'default') else {}), **(options or {})}
     with torch._functorch.config.patch(recompute_views=True):
         return compile_fx(graph, example_inputs, config_patches=patches)
