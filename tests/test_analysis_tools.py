@@ -316,6 +316,13 @@ def test_benchmark_compares_with_swin_and_convnext(capsys):
     assert next(line for line in table.splitlines() if line.startswith(f'| {swin}')).rstrip(' |').endswith('1.00x')
 
 
+def test_benchmark_compiles_vmamba_through_its_backbones_compile_arguments_and_baselines_as_they_are():
+    vmamba = VMambaClassifier(SMALL_V2, num_classes=10)
+    assert benchmark.compile_options(vmamba, 'max-autotune') == dict(
+        mode='max-autotune', backend=benchmark.compile_arguments({})['backend'])
+    assert benchmark.compile_options(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), 'default') == dict(mode='default')
+
+
 @pytest.fixture
 def benchmark_ops():
     pytest.importorskip('triton')

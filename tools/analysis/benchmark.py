@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvmamba.models import VMamba, VMambaClassifier
-from mmvmamba.models.backbones.vmamba import ARCH_ALIASES
+from mmvmamba.models.backbones.vmamba import ARCH_ALIASES, compile_arguments
 from mmvmamba.utils.cli import add_rounds_option, build_model_from_args, format_table, model_arguments, parse_model_args
 from mmvmamba.utils.config import TensorModel, get_backbone, model_kind
 from mmvmamba.utils.timing import kernel_profile, time_step
@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=3, help='timed repeats; the median is reported')
     parser.add_argument('--compile', nargs='?', const='default', metavar='MODE',
                         help='torch.compile every model (VMamba and the baselines alike) with this mode '
-                             '(default: "default"); the first steps compile and are not timed')
+                             '(default: "default"), VMamba through its backbone\'s compile arguments; the first '
+                             'steps compile and are not timed')
     parser.add_argument('--cuda-graph', action='store_true',
                         help='capture each step (forward, or forward + backward + AdamW) in a CUDA graph and time '
                              'its replays (CUDA only)')
@@ -170,7 +171,7 @@ class Step:
             torch.cuda.reset_peak_memory_stats(device)
         model = TensorModel(model).to(device)
         self.params = sum(p.numel() for p in model.parameters())
-        run = torch.compile(model, mode=args.compile) if args.compile else model
+        run = torch.compile(model, **compile_options(model, args.compile)) if args.compile else model
         images = torch.randn(batch, 3, *size, device=device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
         if mode == 'infer':
@@ -208,6 +209,14 @@ class Step:
         kernel_time, kernels = kernel_profile(self.step, self.device)
         peak = max(measured.peak_cuda_bytes - others, self.capture_peak)
         return measured.median, peak, kernel_time / measured.median, kernels
+
+
+def compile_options(model: nn.Module, mode: str) -> dict:
+    """``torch.compile`` arguments for ``model`` in ``mode``: a model with a VMamba backbone compiles as that backbone's
+    own ``compile`` option does (:func:`compile_arguments`: inductor without its layout optimization, recomputing
+    views), any other with inductor as it is."""
+    options = dict(mode=mode)
+    return compile_arguments(options) if any(isinstance(m, VMamba) for m in model.modules()) else options
 
 
 def capture(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
