@@ -167,7 +167,7 @@ class Step:
         device = torch.device(args.device)
         self.device = device
         before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
-        if device.type == 'cuda':
+        if args.cuda_graph:  # the peak of the capture, below
             torch.cuda.reset_peak_memory_stats(device)
         model = TensorModel(model).to(device)
         self.params = sum(p.numel() for p in model.parameters())
