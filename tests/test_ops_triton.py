@@ -305,6 +305,21 @@ def interpreter_fused_low_rank(device='cpu'):
     check_cross_selective_scan(1, 2, 1, 3, 3, torch.bfloat16, device, low_rank=True, dt_rank=8)
 
 
+def interpreter_fused_bfloat16_states(device='cpu'):
+    """bf16 inputs: the fused op stores its chunk states in bf16 (float16 and float32 inputs in float32), and the
+    backward, recomputing each chunk from a rounded state, stays within the half-precision tolerance over 3 chunks
+    a route."""
+    for dtype, stored in ((torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32),
+                          (torch.float32, torch.float32)):
+        x = cross_inputs(1, 2, 2, 4, 5, dtype, device)
+        _, states = triton_backend.cross_selective_scan_forward(**x, delta_weight=None, delta_softplus=True,
+                                                                float32_output=True, save_states=True)
+        assert states.dtype == stored, (dtype, states.dtype)
+    with triton_backend.tile_config(T=8):
+        check_cross_selective_scan(1, 2, 2, 4, 5, torch.bfloat16, device)
+        check_cross_selective_scan(1, 3, 1, 5, 4, torch.bfloat16, device, low_rank=True)
+
+
 def check_layer_norm(shape, dtype, out_dtype, device):
     """The Triton LayerNorm against the float64 reference: output (in ``out_dtype``) and x, weight, bias gradients."""
     g = make_generator(device)
@@ -375,7 +390,8 @@ def interpreter_compiled(device='cpu'):
 
 INTERPRETER_CASES = {f.__name__: f for f in (interpreter_cross, interpreter_scan, interpreter_segments,
                                              interpreter_look_back, interpreter_fused, interpreter_fused_half,
-                                             interpreter_fused_low_rank, interpreter_layer_norm,
+                                             interpreter_fused_low_rank, interpreter_fused_bfloat16_states,
+                                             interpreter_layer_norm,
                                              interpreter_compiled)}
 
 

@@ -3,7 +3,7 @@
 The routes are applied inside the kernels' loads and stores: x, delta, B and C are read in image coordinates (the
 model's channel-last views, no copies) and the four routes add into one float32 (B, L, C) output. Given delta as the
 rank-R input of dt_proj and its weight, the expanded delta is made by one batched matmul and not kept for the
-backward, which makes it again.
+backward, which makes it again. The chunk states kept for the backward are stored in bfloat16 when x is bfloat16.
 """
 from __future__ import annotations
 
@@ -38,6 +38,13 @@ def _route_states(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """B's and C's (batch, 4, N, H, W) views of a (2, batch, H, W, 4, N) buffer, the layout of the model's
     projections."""
     return tuple(t.permute(0, 3, 4, 1, 2) for t in both)
+
+
+def _states_dtype(x: torch.Tensor) -> torch.dtype:
+    """The stored chunk states' dtype: bfloat16 for bfloat16 x, which halves the largest tensor the op keeps for
+    the backward (float32 states every 8 steps take as many bytes as a bfloat16 x), float32 otherwise (float16's
+    range is too narrow for states, and float32 inputs keep float32 gradients)."""
+    return torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
 
 
 def _geometry(x: torch.Tensor, A: torch.Tensor) -> tuple[Geometry, object]:
@@ -90,7 +97,7 @@ def cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight,
     geo, cfg = _geometry(x, A)
     A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
     out = torch.empty(geo.batch, geo.length, geo.channels, device=x.device, dtype=torch.float32).transpose(1, 2)
-    states = new_states(geo, cfg, save_states, x.device)
+    states = new_states(geo, cfg, save_states, x.device, _states_dtype(x))
     operands = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
                     y=_merged_operand(out))
     launch_forward(geo, operands, A, D, delta_bias, delta_softplus, cfg, states, A_is_log)

@@ -148,13 +148,17 @@ def check_offsets(geo: Geometry, operands: dict[str, Operand]) -> None:
                              'route, more than 32-bit offsets reach; split the batch or the image')
 
 
-def new_states(geo: Geometry, cfg: TileConfig, save_states: bool, device: torch.device) -> torch.Tensor:
-    """The float32 chunk states the forward writes: entering each chunk plus the final one, (rows, n_chunks + 1,
-    NP, BC) with rows = (batch, route, channel block), or only the final one, (rows, 1, NP, BC), unless
-    ``save_states`` (for a backward)."""
+def new_states(geo: Geometry, cfg: TileConfig, save_states: bool, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The chunk states the forward writes: entering each chunk plus the final one, (rows, n_chunks + 1, NP, BC)
+    with rows = (batch, route, channel block), or only the final one, (rows, 1, NP, BC), unless ``save_states`` (for
+    a backward). The kernels scan in float32 and round the states to ``dtype`` when they store them (float32 or
+    bfloat16); the backward recomputes a chunk's states in float32 from the stored one entering it."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f'selective scan: chunk states are stored in float32 or bfloat16, not {dtype}')
     n_pad, n_cblk, n_chunks = geo.sizes(cfg)
     rows = geo.batch * geo.routes * n_cblk
-    return torch.empty(rows, n_chunks + 1 if save_states else 1, n_pad, cfg.BC, device=device, dtype=torch.float32)
+    return torch.empty(rows, n_chunks + 1 if save_states else 1, n_pad, cfg.BC, device=device, dtype=dtype)
 
 
 def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool, cfg: TileConfig,

@@ -550,7 +550,7 @@ def scan_fwd_kernel(
         decays, inputs, u32, pa, hb = _round_local(us, ds, bs, r, L, A2, bias, HAS_BIAS, SOFTPLUS, False, S, T)
         h_in, h = _round_states(h, pa, hb, S)
         if SAVE_STATES:
-            tl.store(row_states + r * S * NP * BC + chunk_offs, h_in)
+            tl.store(row_states + r * S * NP * BC + chunk_offs, h_in.to(states_ptr.dtype.element_ty))
         _round_outputs(h_in, decays, inputs, u32, cs, ys, r, L, D, y_base, c, mc, s_yc, False, EVEN, CROSS, S, T)
     if full_end < end:
         us, ds, bs, cs, ys = _round_loads(u_base, dl_base, B_base, C_base, k, full_end, L, H, W, c, n, mc, mn, s_uc,
@@ -560,10 +560,12 @@ def scan_fwd_kernel(
         h_in, h = _round_states(h, pa, hb, S)
         if SAVE_STATES:
             in_row = (full_end * S + tl.arange(0, S) < n_chunks)[:, None, None]
-            tl.store(row_states + full_end * S * NP * BC + chunk_offs, h_in, mask=in_row)
+            tl.store(row_states + full_end * S * NP * BC + chunk_offs, h_in.to(states_ptr.dtype.element_ty),
+                     mask=in_row)
         _round_outputs(h_in, decays, inputs, u32, cs, ys, full_end, L, D, y_base, c, mc, s_yc, True, EVEN, CROSS, S,
                        T)
-    tl.store(row_states + (n_slots - 1) * NP * BC + offs, h, mask=(offs >= 0) & (end == n_rounds))
+    tl.store(row_states + (n_slots - 1) * NP * BC + offs, h.to(states_ptr.dtype.element_ty),
+             mask=(offs >= 0) & (end == n_rounds))
 
 
 @triton.jit
@@ -660,7 +662,7 @@ def scan_bwd_kernel(
                            s_dp, s_Bn, s_Bp, s_Cn, s_Cp, CROSS, T)
         nxt_gy = _operand_steps(gy_base, k, t_prev, L, H, W, c, mc, s_gc, s_gp, CROSS, T)
         # the chunk's states, recomputed forward from the state saved at its start
-        h = tl.load(row_states + ci * NP * BC + offs)
+        h = tl.load(row_states + ci * NP * BC + offs).to(tl.float32)
         hs = (h,)
         decays = ()
         dts = ()
