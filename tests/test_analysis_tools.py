@@ -1,10 +1,13 @@
 """Analysis tools: their shared command line and timing, FLOPs as the paper counts them, ERF, activation maps, the
 benchmark's sweep plot, config models."""
 import argparse
+import contextlib
+import gc
 import math
 import os
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -314,6 +317,45 @@ def test_benchmark_compares_with_swin_and_convnext(capsys):
     assert {r.model for r in results if r.mode == 'fwd+bwd'} == {'VMamba tiny-s1l8 (modified) backbone',
                                                                  f'{swin} backbone'}
     assert next(line for line in table.splitlines() if line.startswith(f'| {swin}')).rstrip(' |').endswith('1.00x')
+
+
+def test_captured_step_keeps_the_tensors_its_graph_replays_into_alive(monkeypatch):
+    """The graph holds no tensor: the captured step must keep the step function, and through it the model, alive."""
+    class FakeStream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class FakeGraph:
+        replays = 0
+
+        def replay(self):
+            FakeGraph.replays += 1
+
+    monkeypatch.setattr(torch.cuda, 'Stream', FakeStream)
+    monkeypatch.setattr(torch.cuda, 'current_stream', lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, 'stream', lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, 'CUDAGraph', FakeGraph)
+    monkeypatch.setattr(torch.cuda, 'graph', lambda graph: contextlib.nullcontext())
+
+    def training_step():
+        """A step function that alone holds its model, as the benchmark's do."""
+        model = nn.Linear(4, 4)
+        images = torch.randn(2, 4)
+
+        def step():
+            model(images).sum().backward()
+        return step, weakref.ref(model)
+
+    step, model_alive = training_step()
+    captured = benchmark.capture(step, torch.device('cpu'))
+    del step
+    gc.collect()
+    assert model_alive() is not None
+    captured()
+    assert FakeGraph.replays == 1
 
 
 def test_benchmark_compiles_vmamba_through_its_backbones_compile_arguments_and_baselines_as_they_are():

@@ -219,8 +219,21 @@ def compile_options(model: nn.Module, mode: str) -> dict:
     return compile_arguments(options) if any(isinstance(m, VMamba) for m in model.modules()) else options
 
 
-def capture(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
-    """``step`` captured in a CUDA graph after warm-up calls on a side stream; returns the graph's replay."""
+@dataclass
+class CapturedStep:
+    """A step captured in a CUDA graph, called to replay it. The graph reads and writes the memory of every tensor the
+    step used (weights, gradients, optimizer state, inputs) but holds none of them: the step function, which does, is
+    kept with it. Without it they were freed after the capture, and the next model built in the process took their
+    memory while the graph still replayed into it (an illegal memory access in a later replay)."""
+    graph: torch.cuda.CUDAGraph
+    step: Callable[[], None]
+
+    def __call__(self) -> None:
+        self.graph.replay()
+
+
+def capture(step: Callable[[], None], device: torch.device) -> CapturedStep:
+    """``step`` captured in a CUDA graph after warm-up calls on a side stream."""
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
@@ -230,7 +243,7 @@ def capture(step: Callable[[], None], device: torch.device) -> Callable[[], None
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    return graph.replay
+    return CapturedStep(graph, step)
 
 
 def benchmark(label: str, model: nn.Module, size: tuple[int, int], batch: int, precision: str, mode: str,
