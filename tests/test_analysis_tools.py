@@ -358,6 +358,25 @@ def test_captured_step_keeps_the_tensors_its_graph_replays_into_alive(monkeypatc
     assert FakeGraph.replays == 1
 
 
+@pytest.mark.gpu
+def test_benchmark_graphs_of_two_models_replay_in_turns_on_the_gpu():
+    """``--compare --cuda-graph``: the first model's step still owns its model after a second was built and captured,
+    and the two graphs replay in turns (the first faulted when the benchmark kept only the graphs)."""
+    args = benchmark.parse_args(['--arch', 'tiny', '--cuda-graph', '--batch', '4', '--precision', 'bf16', '--mode',
+                                 'train', '--warmup', '1', '--iters', '1', '--repeats', '1'])
+    model = VMambaClassifier(SMALL_V2, num_classes=10)
+    model_alive = weakref.ref(model)
+    first = benchmark.Step(model, (64, 64), 4, 'bf16', 'train', args)
+    del model
+    second = benchmark.Step(VMambaClassifier(SMALL_VANILLA, num_classes=10), (64, 64), 4, 'bf16', 'train', args)
+    gc.collect()
+    assert model_alive() is not None
+    for _ in range(3):
+        first.step()
+        second.step()
+    torch.cuda.synchronize()
+
+
 def test_benchmark_compiles_vmamba_through_its_backbones_compile_arguments_and_baselines_as_they_are():
     vmamba = VMambaClassifier(SMALL_V2, num_classes=10)
     assert benchmark.compile_options(vmamba, 'max-autotune') == dict(
