@@ -5,6 +5,7 @@ import contextlib
 import gc
 import math
 import os
+import re
 import subprocess
 import sys
 import weakref
@@ -303,6 +304,20 @@ def test_benchmark_runs_every_mode_and_precision(capsys):
     assert lines[0].startswith('device: cpu') and lines[-1].startswith('| VMamba tiny-s1l8 (modified)')
     assert {(r.precision, r.mode) for r in results} == {('fp32', 'infer'), ('bf16', 'infer'), ('fp32', 'train'),
                                                         ('bf16', 'train'), ('fp32', 'fwd+bwd'), ('bf16', 'fwd+bwd')}
+
+
+def test_benchmark_reports_when_each_models_first_step_is_done(capsys):
+    benchmark.main(['--device', 'cpu', '--arch', 'tiny', *SMALL_OPTIONS, '--size', '32', '--batch', '2',
+                    '--precision', 'fp32', '--mode', 'infer', '--warmup', '1', '--iters', '1', '--repeats', '1'])
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'first step' in line]
+    assert len(lines) == 1
+    assert re.fullmatch(r'VMamba tiny-s1l8 \(modified\) 32 fp32 infer: first step done \d+\.\d\d s after its setup '
+                        r'began', lines[0])
+    args = benchmark.parse_args(['--device', 'cpu', '--warmup', '1'])
+    step = benchmark.Step(nn.Conv2d(3, 4, 3), (8, 8), 1, 'fp32', 'train', args)
+    assert step.first_step_seconds > 0
+    args.warmup = 0
+    assert benchmark.Step(nn.Conv2d(3, 4, 3), (8, 8), 1, 'fp32', 'train', args).first_step_seconds is None
 
 
 def test_benchmark_compares_with_swin_and_convnext(capsys):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -159,11 +160,13 @@ def loss_of(out) -> torch.Tensor:
 
 class Step:
     """One benchmark setting of one model, built once and timed in as many rounds as asked: the step function
-    (eager, compiled, or a CUDA graph's replay), its parameter count and its resident memory (weights, gradients and
-    optimizer state, counted in its peak)."""
+    (eager, compiled, or a CUDA graph's replay), its parameter count, its resident memory (weights, gradients and
+    optimizer state, counted in its peak) and, after a warm-up, the seconds from the start of its setup to the end of
+    its first step (moving the model, compiling the model and the Triton kernels, capturing the graph)."""
 
     def __init__(self, model: nn.Module, size: tuple[int, int], batch: int, precision: str, mode: str,
                  args: argparse.Namespace):
+        started = time.perf_counter()
         device = torch.device(args.device)
         self.device = device
         before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
@@ -194,8 +197,13 @@ class Step:
         self.step = capture(step, device) if args.cuda_graph else step
         # a graph allocates its memory while it is captured (after eager warm-up steps), not while it replays
         self.capture_peak = (torch.cuda.max_memory_allocated(device) - before) if args.cuda_graph else 0
-        for _ in range(args.warmup):  # compilation, autotuning and lazy state happen here, untimed
+        self.first_step_seconds = None
+        for i in range(args.warmup):  # compilation, autotuning and lazy state happen here, untimed
             self.step()
+            if i == 0:
+                if device.type == 'cuda':
+                    torch.cuda.synchronize(device)
+                self.first_step_seconds = time.perf_counter() - started
         self.resident = (torch.cuda.memory_allocated(device) - before) if device.type == 'cuda' else 0
 
     def measure(self, args: argparse.Namespace) -> tuple[float, int | None, float | None, float | None]:
@@ -304,6 +312,10 @@ def main_runs(args: argparse.Namespace) -> list[Result]:
             for mode in args.mode:
                 setting = ((size, size), args.batch, precision, mode)
                 steps = {label: run_safely(Step, label, models[label], *setting, args) for label, *_ in entries}
+                for label, step in steps.items():
+                    if step and step.first_step_seconds is not None:
+                        print(f'{label} {size} {precision} {mode}: first step done {step.first_step_seconds:.2f} s '
+                              'after its setup began', flush=True)
                 rounds: dict[str, list[tuple]] = {label: [] for label, step in steps.items() if step}
                 for r in range(args.rounds):
                     for label in rounds:
