@@ -306,10 +306,10 @@ def interpreter_fused_low_rank(device='cpu'):
 
 
 def interpreter_fused_bfloat16_states(device='cpu'):
-    """bf16 inputs: the fused op stores its chunk states in bf16 (float16 and float32 inputs in float32), and the
-    backward, recomputing each chunk from a rounded state, stays within the half-precision tolerance over 3 chunks
-    a route."""
-    for dtype, stored in ((torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32),
+    """16-bit inputs: the fused op stores its chunk states in bf16 (float32 inputs in float32), and the backward,
+    recomputing each chunk from a rounded state, stays within the half-precision tolerance over 3 chunks a route
+    (the float16 case: interpreter_fused_half)."""
+    for dtype, stored in ((torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16),
                           (torch.float32, torch.float32)):
         x = cross_inputs(1, 2, 2, 4, 5, dtype, device)
         _, states = triton_backend.cross_selective_scan_forward(**x, delta_weight=None, delta_softplus=True,

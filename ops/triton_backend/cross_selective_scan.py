@@ -3,7 +3,8 @@
 The routes are applied inside the kernels' loads and stores: x, delta, B and C are read in image coordinates (the
 model's channel-last views, no copies) and the four routes add into one float32 (B, L, C) output. Given delta as the
 rank-R input of dt_proj and its weight, the expanded delta is made by one batched matmul and not kept for the
-backward, which makes it again. The chunk states kept for the backward are stored in bfloat16 when x is bfloat16.
+backward, which makes it again. The chunk states kept for the backward are stored in bfloat16 when x is bf16 or
+fp16.
 """
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ def _route_states(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _states_dtype(x: torch.Tensor) -> torch.dtype:
-    """The stored chunk states' dtype: bfloat16 for bfloat16 x, which halves the largest tensor the op keeps for
-    the backward (float32 states every 8 steps take as many bytes as a bfloat16 x), float32 otherwise (float16's
-    range is too narrow for states, and float32 inputs keep float32 gradients)."""
-    return torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+    """The stored chunk states' dtype: bfloat16 for a 16-bit x (bf16 or fp16 autocast), which halves the largest
+    tensor the op keeps for the backward (float32 states every 8 steps take as many bytes as a 16-bit x); bfloat16
+    has float32's range, which float16's would not give the states. float32 inputs keep float32 states."""
+    return torch.float32 if x.dtype == torch.float32 else torch.bfloat16
 
 
 def _geometry(x: torch.Tensor, A: torch.Tensor) -> tuple[Geometry, object]:
