@@ -284,3 +284,16 @@ def test_drop_path_drops_or_keeps_whole_samples_and_rescales_the_kept_ones():
     kept = per_sample[:, 0] != 2.0
     assert torch.allclose(per_sample[kept, 0], torch.tensor(2.0 + 1 / 0.75)) and 0 < kept.sum() < 64
     assert torch.equal(drop.eval().add(residual, branch), residual + branch)
+
+
+def test_scan_output_reaches_out_norm_in_float32_under_autocast():
+    """As in the authors' model, the four routes' sum goes to out_norm unrounded; out_norm then writes the Linear's
+    dtype."""
+    from mmvmamba.models.backbones.vmamba import SS2D
+    ss2d = SS2D(16, d_state=1, ssm_ratio=1.0, gated=False, conv_bias=True)
+    x = torch.randn(1, 16, 5, 6)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        scanned = ss2d.scan(x.bfloat16())
+        normed = ss2d.out_norm(scanned)
+    assert scanned.dtype == torch.float32 and scanned.shape == (1, 5, 6, 16)
+    assert normed.dtype == torch.bfloat16

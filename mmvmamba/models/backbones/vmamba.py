@@ -189,6 +189,11 @@ def compile_arguments(options: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """t in float32 (the scan's A, D and bias when the model was cast to a 16-bit dtype); no call when it is."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
@@ -248,12 +253,13 @@ class SS2D(nn.Module):
 
     def selective_scan(self, x: torch.Tensor, dt_low: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """dt_proj and the four-route selective scan of ``x`` (B, d_inner, H, W) with the outputs of :meth:`project`;
-        returns channel-last (B, H, W, d_inner): float32, or x's dtype under autocast (out_norm normalises in float32
-        either way, and keeps half the memory)."""
+        returns channel-last (B, H, W, d_inner) in float32 (under autocast too), as the authors' model gives it to
+        out_norm: the routes are summed in float32 and normalised before any rounding, and no cast runs in between
+        (out_norm writes its output in the Linear's dtype and keeps its normalised rows in that dtype for the
+        backward)."""
         batch, _, height, width = x.shape
-        y = cross_selective_scan(x, dt_low, self.A_logs.float(), b, c, self.Ds.float(),
-                                 self.dt_projs_bias.float().flatten(), delta_softplus=True,
-                                 float32_output=not torch.is_autocast_enabled(x.device.type),
+        y = cross_selective_scan(x, dt_low, _float32(self.A_logs), b, c, _float32(self.Ds),
+                                 _float32(self.dt_projs_bias).flatten(), delta_softplus=True, float32_output=True,
                                  delta_weight=self.dt_projs_weight, A_is_log=True)
         return y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
 
