@@ -334,6 +334,26 @@ def test_benchmark_compares_with_swin_and_convnext(capsys):
     assert next(line for line in table.splitlines() if line.startswith(f'| {swin}')).rstrip(' |').endswith('1.00x')
 
 
+# the PyTorch calls one call of each Triton operator makes on the host (forward, backward), as docs/analysis.md
+# gives them: a change that adds calls to the operators' host path fails here
+OPERATOR_TORCH_CALLS = {'layer_norm': (4, 4), 'cross_selective_scan': (17, 36)}
+
+
+def test_operators_make_no_more_torch_calls_than_documented():
+    """host_overhead.py (run in its own process: it sets TRITON_INTERPRET before importing triton) counts each Triton
+    operator's PyTorch calls; none exceeds its documented count, and its microseconds are positive."""
+    done = subprocess.run([sys.executable, 'tools/analysis/host_overhead.py', '--size', '2', '--calls', '3',
+                           '--repeats', '1'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {cells[0]: cells[1:] for line in done.stdout.splitlines() if line.startswith('| ')
+            for cells in [[c.strip() for c in line.strip('|').split('|')]] if cells[0] in OPERATOR_TORCH_CALLS}
+    assert set(rows) == set(OPERATOR_TORCH_CALLS), done.stdout
+    for name, (forward_us, backward_us, forward_calls, backward_calls) in rows.items():
+        assert float(forward_us) > 0 and float(backward_us) > 0
+        most_forward, most_backward = OPERATOR_TORCH_CALLS[name]
+        assert int(forward_calls) <= most_forward and int(backward_calls) <= most_backward, (name, rows[name])
+
+
 def test_captured_step_keeps_the_tensors_its_graph_replays_into_alive(monkeypatch):
     """The graph holds no tensor: the captured step must keep the step function, and through it the model, alive."""
     class FakeStream:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .scan import Geometry, Operand, launch_backward, launch_forward, new_states, scan_config
+from .scan import Geometry, Operand, cast, launch_backward, launch_forward, new_states, scan_config
 
 ROUTES = 4
 
@@ -41,6 +41,14 @@ def _route_states(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(t.permute(0, 3, 4, 1, 2) for t in both)
 
 
+def _route_state_operands(both: torch.Tensor) -> tuple[Operand, Operand]:
+    """The operands of B's and C's (batch, 4, N, H, W) views of a contiguous (2, batch, H, W, 4, N) buffer (see
+    :func:`_route_states`), without making the views: their strides follow from the layout."""
+    _, _, height, width, routes, n_state = both.shape
+    strides = (height * width * routes * n_state, n_state, 1, routes * n_state)
+    return Operand(both, strides), Operand(both[1], strides)
+
+
 def _states_dtype(x: torch.Tensor) -> torch.dtype:
     """The stored chunk states' dtype: bfloat16 for a 16-bit x (bf16 or fp16 autocast), which halves the largest
     tensor the op keeps for the backward (float32 states every 8 steps take as many bytes as a 16-bit x); bfloat16
@@ -66,7 +74,7 @@ def _low_rank_operands(delta: torch.Tensor, delta_weight: torch.Tensor) -> tuple
     padded = _aligned_rank(rank)
     low = F.pad(delta.permute(1, 0, 3, 4, 2), (0, padded - rank))  # one copy kernel writes values and zeros
     if padded == rank:
-        weight = delta_weight.to(delta.dtype)
+        weight = cast(delta_weight, delta.dtype)
     else:  # a memset and a casting copy (F.pad of the cast weight takes three kernels)
         weight = delta_weight.new_zeros((*delta_weight.shape[:-1], padded), dtype=delta.dtype)
         weight[..., :rank] = delta_weight
@@ -123,20 +131,21 @@ def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, de
     # the gradients of B and C: float32 zeros (one memset) that the kernel adds into, then cast in one copy
     dBC = torch.zeros(2, geo.batch, geo.height, geo.width, ROUTES, geo.n_state, device=x.device,
                       dtype=torch.float32)
-    dB, dC = _route_states(dBC)
+    dB_operand, dC_operand = _route_state_operands(dBC)
     operands = dict(u=_image_operand(x), delta=_image_operand(full), B=_image_operand(B), C=_image_operand(C),
                     gy=_merged_operand(grad_out), du=_image_operand(dx), ddelta=_image_operand(dfull),
-                    dB=_image_operand(dB), dC=_image_operand(dC))
+                    dB=dB_operand, dC=dC_operand)
     dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, A_is_log)
     ddelta, dweight = dfull, None
     if delta_weight is not None:
         batch, routes, rank, height, width = delta.shape
         dfull = dfull.permute(1, 0, 3, 4, 2).reshape(routes, -1, dfull.shape[2])
         ddelta = torch.bmm(dfull, weight)[..., :rank].view(routes, batch, height, width, rank).permute(1, 0, 4, 2, 3)
-        dweight = torch.bmm(low.transpose(1, 2), dfull)[:, :rank].transpose(1, 2).to(delta_weight.dtype)
+        dweight = cast(torch.bmm(low.transpose(1, 2), dfull)[:, :rank].transpose(1, 2), delta_weight.dtype)
     if B.dtype == C.dtype:
-        dB, dC = _route_states(dBC.to(B.dtype))
+        dB, dC = _route_states(cast(dBC, B.dtype))
     else:
-        dB, dC = dB.to(B.dtype), dC.to(C.dtype)
-    return (dx.to(x.dtype), ddelta, dA.to(A.dtype), dB, dC,
-            None if D is None else dD.to(D.dtype), None if delta_bias is None else dbias.to(delta_bias.dtype), dweight)
+        dB, dC = _route_states(dBC)
+        dB, dC = cast(dB, B.dtype), cast(dC, C.dtype)
+    return (cast(dx, x.dtype), ddelta, cast(dA, A.dtype), dB, dC, None if D is None else cast(dD, D.dtype),
+            None if delta_bias is None else cast(dbias, delta_bias.dtype), dweight)

@@ -39,11 +39,11 @@ def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, xhat_ptr, mean_ptr, rstd_ptr, ro
 
 
 @triton.jit
-def _layer_norm_bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, rows, n,
+def _layer_norm_bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, partials_ptr, rows, n,
                     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, X_IS_XHAT: tl.constexpr):
     """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat*w*dy)), xhat read (``X_IS_XHAT``) or made from x and mean.
     Each program walks tiles pid, pid + programs, ... and writes its partial sums of dy*xhat and dy (the weight and
-    bias gradients) once."""
+    bias gradients) once, into rows pid of the (2, programs, n) partials."""
     col = tl.arange(0, BLOCK_N)[None, :]
     w = tl.load(w_ptr + col, mask=col < n, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK_N,), tl.float32)
@@ -68,17 +68,17 @@ def _layer_norm_bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db
         dw += tl.sum(dy * xhat, axis=0)
         db += tl.sum(dy, axis=0)
     cols = tl.arange(0, BLOCK_N)
-    tl.store(dw_ptr + tl.program_id(0) * n + cols, dw, mask=cols < n)
-    tl.store(db_ptr + tl.program_id(0) * n + cols, db, mask=cols < n)
+    tl.store(partials_ptr + tl.program_id(0) * n + cols, dw, mask=cols < n)
+    tl.store(partials_ptr + (tl.num_programs(0) + tl.program_id(0)) * n + cols, db, mask=cols < n)
 
 
 _BWD_PROGRAMS = 1024  # enough to fill the GPU; few partial rows to sum
 
 
-def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """``t`` as contiguous (rows, n)."""
-    t = t.reshape(-1, n)
-    return t if t.stride(0) == n and t.stride(1) == 1 else t.contiguous()
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its rows (last dim) packed one after another: itself when contiguous, else a contiguous copy (the
+    kernels address row r, column c at r * n + c)."""
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _tiles(n: int) -> tuple[int, int, int]:
@@ -98,8 +98,8 @@ def layer_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """y (x's shape, contiguous, ``out_dtype``), the float32 mean and 1/std of each row, and x-hat in ``out_dtype``
     when :func:`saves_xhat` (else an empty tensor): what the backward needs besides x."""
     n = x.shape[-1]
-    x2 = _rows(x, n)
-    rows = x2.shape[0]
+    x2 = _rows(x)
+    rows = x2.numel() // n
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     save_xhat = saves_xhat(x.dtype, out_dtype)
     xhat = torch.empty(x.shape if save_xhat else (0,), device=x.device, dtype=out_dtype)
@@ -118,14 +118,15 @@ def layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     """Gradients of (x, weight, bias) from x, or from x-hat when ``x_is_xhat``: dx contiguous in x's shape and
     ``dx_dtype``, the others in weight's dtype."""
     n = x.shape[-1]
-    x2, dy2 = _rows(x, n), _rows(dy, n)
-    rows = x2.shape[0]
+    x2, dy2 = _rows(x), _rows(dy)
+    rows = x2.numel() // n
     dx = torch.empty(x.shape, device=x.device, dtype=dx_dtype)
     tile_rows, block_n, warps = _tiles(n)
     programs = min(cdiv(rows, tile_rows), _BWD_PROGRAMS)
     partials = torch.empty(2, programs, n, device=x.device, dtype=torch.float32)  # dw, db partials: one sum
     launch(_layer_norm_bwd, (programs,), x.device, x_ptr=x2, w_ptr=weight, dy_ptr=dy2, mean_ptr=mean,
-           rstd_ptr=rstd, dx_ptr=dx, dw_ptr=partials[0], db_ptr=partials[1], rows=rows, n=n, ROWS=tile_rows,
+           rstd_ptr=rstd, dx_ptr=dx, partials_ptr=partials, rows=rows, n=n, ROWS=tile_rows,
            BLOCK_N=block_n, X_IS_XHAT=x_is_xhat, num_warps=warps)
-    dw, db = partials.sum(1).to(weight.dtype)
+    sums = partials.sum(1)
+    dw, db = sums if weight.dtype == torch.float32 else sums.to(weight.dtype)
     return dx, dw, db

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -171,10 +170,12 @@ def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias
     seg_rounds, n_seg = _forward_segments(rows, n_chunks, n_pad, cfg)
     dev = A.device
     save_states = states.shape[1] > 1
-    status = torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
+    y = operands['y']
+    # the segments' look-back status, read only where rows are cut into segments (else any float32 tensor)
+    status = (y.tensor if n_seg == 1 and y.tensor.dtype == torch.float32
+              else torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=dev, dtype=torch.float32))
     # Merged output (the routes add into y): whole rows zero their group's slice in the kernel, just before adding
     # into it; rows cut into segments take a memset (zeroing a slice would hold up the row's other segments).
-    y = operands['y']
     zero_y = geo.cross and n_seg == 1
     if geo.cross and not zero_y:
         y.tensor.zero_()
@@ -193,13 +194,25 @@ def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias
            ZERO_Y=zero_y, A_IS_LOG=A_is_log, num_warps=_forward_warps(cfg, n_pad))
 
 
-def zeroed(*counts: int, device: torch.device) -> list[torch.Tensor]:
-    """Zeroed 4-byte (int32) buffers of these element counts, views of one allocation zeroed by one memset instead of
-    one each; each starts on a 16-byte boundary. ``.view(torch.float32)`` gives float zeros."""
-    padded = [-(-count // 4) * 4 for count in counts]
-    flat = torch.zeros(sum(padded), device=device, dtype=torch.int32)
-    starts = itertools.accumulate(padded[:-1], initial=0)
-    return [flat[start:start + count] for start, count in zip(starts, counts, strict=True)]
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)``, without a PyTorch call where t has that dtype already."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def zeroed_gradients(A: torch.Tensor, has_d: bool, has_bias: bool, flag_count: int
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """Zeroed float32 buffers for the gradients of A (A's shape), D and delta_bias (None where absent), and at
+    least ``flag_count`` zeroed int32 flags: views of one allocation (one memset) made by one split, each starting
+    on a 16-byte boundary (the fused op's sizes, multiples of 4 channels, need no further view)."""
+    channels = A.shape[0]
+    sizes = [A.numel(), channels if has_d else 0, channels if has_bias else 0, flag_count]
+    padded = [-(-size // 4) * 4 for size in sizes]
+    parts = torch.zeros(sum(padded), device=A.device, dtype=torch.float32).split(padded)
+    grad_a, grad_d, grad_bias = (part if size == pad else part[:size]
+                                 for part, size, pad in zip(parts[:3], sizes[:3], padded[:3], strict=True))
+    flags = parts[3]  # all of it: the padding is more zeroed flags
+    return (grad_a.view(A.shape), grad_d if has_d else None, grad_bias if has_bias else None,
+            flags.view(torch.int32))
 
 
 def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool,
@@ -213,15 +226,11 @@ def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bia
     check_offsets(geo, operands)
     rows = geo.batch * geo.routes * n_cblk
     seg_chunks, n_seg = _segments(rows, n_chunks, 1, cfg)
-    dev = A.device
-    status = torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=dev, dtype=torch.float32)
-    channels = A.shape[0]
-    grad_a, grad_d, grad_bias, flags = zeroed(A.numel(), channels if D is not None else 0,
-                                              channels if delta_bias is not None else 0, rows * n_seg + 1, device=dev)
-    dA = grad_a.view(torch.float32).view(A.shape)
-    dD = None if D is None else grad_d.view(torch.float32)
-    dbias = None if delta_bias is None else grad_bias.view(torch.float32)
-    launch(scan_kernels.scan_bwd_kernel, (rows * n_seg,), dev, **_operand_arguments(operands),
+    dA, dD, dbias, flags = zeroed_gradients(A, D is not None, delta_bias is not None, rows * n_seg + 1)
+    # the segments' look-back status, read only where rows are cut into segments (else any float32 tensor)
+    status = (torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=A.device, dtype=torch.float32) if n_seg > 1
+              else dA)
+    launch(scan_kernels.scan_bwd_kernel, (rows * n_seg,), A.device, **_operand_arguments(operands),
            A_ptr=A, D_ptr=A if D is None else D, bias_ptr=A if delta_bias is None else delta_bias,
            dA_ptr=dA, dD_ptr=dA if dD is None else dD, dbias_ptr=dA if dbias is None else dbias,
            states_ptr=states, status_ptr=status, flag_ptr=flags,

@@ -1,0 +1,133 @@
+"""Host cost of the Triton backend's operators: what one call costs the host before any kernel runs (the operator's
+Python, its allocations and PyTorch calls, the autograd bookkeeping), forward and backward, with the number of
+PyTorch operator calls each makes.
+
+A training step is host-bound when the host takes longer to issue its work than the GPU takes to run it; these
+operators run a few dozen times a step, so every microsecond here counts a few dozen times. The operators run as
+VMamba's blocks call them (bf16 autocast, the model's layouts), on CPU tensors with the backend in layout-only mode
+(every buffer allocated as in a real run, no kernel started) under Triton's interpreter: no GPU is needed, and the
+numbers compare code revisions on one machine. The kernel launches themselves are not included (see the lean launch
+path in ops/triton_backend/launch.py).
+
+    python tools/analysis/host_overhead.py                  # VMamba-T's stage-1 widths, batch 2
+    python tools/analysis/host_overhead.py --channels 384 --calls 500
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ['TRITON_INTERPRET'] = '1'  # before triton is imported: the backend runs on CPU tensors
+
+import torch  # noqa: E402
+
+from mmvmamba.models.backbones.vmamba import SS2D, LayerNorm  # noqa: E402
+from mmvmamba.ops import dispatch, use_backend  # noqa: E402
+from mmvmamba.utils.cli import format_table  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--channels', type=int, default=96, help='block width (the scan runs at ssm_ratio 1)')
+    parser.add_argument('--size', type=int, default=8,
+                        help='feature map side; the host cost does not depend on it, small keeps the CPU work out')
+    parser.add_argument('--calls', type=int, default=200, help='calls per timed repeat')
+    parser.add_argument('--repeats', type=int, default=5, help='timed repeats; the median is reported')
+    return parser.parse_args(argv)
+
+
+def median_us(fn: Callable[[], object], calls: int, repeats: int) -> float:
+    """Median over ``repeats`` of the wall time of one call of ``fn``, in microseconds, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(times)
+
+
+def torch_calls(fn: Callable[[], object]) -> int:
+    """PyTorch operator calls made by one call of ``fn``, counting only calls not made by another operator."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name.startswith('aten::')]
+    ids = {id(e) for e in events}
+    return sum(1 for e in events if e.cpu_parent is None or id(e.cpu_parent) not in ids)
+
+
+class Op:
+    """One operator as a block calls it: ``forward()`` returns the output, ``backward(out)`` runs its backward."""
+
+    def __init__(self, forward: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]):
+        self.forward_fn, self.inputs = forward, inputs
+
+    def forward(self) -> torch.Tensor:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            return self.forward_fn()
+
+    def backward(self, out: torch.Tensor, grad: torch.Tensor) -> None:
+        torch.autograd.grad(out, self.inputs, grad)  # no accumulation into .grad, as for a block's inner tensors
+
+
+def block_ops(batch: int, channels: int, size: int) -> dict[str, Op]:
+    """VMamba's two Triton operators with the inputs a VSS block gives them: the LayerNorm before a Linear (float32
+    residual stream in, bf16 out) and the fused cross selective scan (bf16 maps in the model's channel-last views)."""
+    torch.manual_seed(0)
+    norm = LayerNorm(channels, linear_input=True)
+    stream = torch.randn(batch, size, size, channels, requires_grad=True)
+    ss2d = SS2D(channels, d_state=1, ssm_ratio=1.0, gated=False, conv_bias=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+        x = torch.randn(batch, size, size, channels, dtype=torch.bfloat16).permute(0, 3, 1, 2)
+        dt_low, b, c = ss2d.project(x)
+    leaves = tuple(t.detach().requires_grad_() for t in (x, dt_low, b, c))
+    return {'layer_norm': Op(lambda: norm(stream), (stream,)),
+            'cross_selective_scan': Op(lambda: ss2d.selective_scan(*leaves), leaves)}
+
+
+def backward_us(op: Op, calls: int, repeats: int) -> float:
+    """Median over ``repeats`` of the wall time of one backward of ``op``, in microseconds (the forwards whose graphs
+    they run are made outside the timing)."""
+    times = []
+    for _ in range(repeats + 1):
+        outs = [op.forward() for _ in range(calls)]
+        grad = torch.zeros_like(outs[0])
+        start = time.perf_counter()
+        for out in outs:
+            op.backward(out, grad)
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(times[1:])
+
+
+def measure(ops: dict[str, Op], calls: int, repeats: int) -> list[list[str]]:
+    """A table row per operator: forward and backward microseconds a call and PyTorch calls."""
+    triton_backend = dispatch.module('triton')
+    rows = []
+    with use_backend('triton'), triton_backend.layout_only():
+        for name, op in ops.items():
+            grad = torch.zeros_like(op.forward())
+            forward_calls = torch_calls(op.forward)
+            rows.append([name, f'{median_us(op.forward, calls, repeats):.1f}', f'{backward_us(op, calls, repeats):.1f}',
+                         str(forward_calls), str(torch_calls(lambda op=op, grad=grad: op.backward(op.forward(), grad))
+                                                          - forward_calls)])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[list[str]]:
+    args = parse_args(argv)
+    rows = measure(block_ops(args.batch, args.channels, args.size), args.calls, args.repeats)
+    print(f'Host cost of one call, no kernel started (batch {args.batch}, {args.channels} channels, torch '
+          f'{torch.__version__}, {args.calls} calls x {args.repeats} repeats, median)')
+    print(format_table(['operator', 'forward us', 'backward us', 'forward torch calls', 'backward torch calls'],
+                       rows))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
