@@ -96,6 +96,11 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     VMamba's norms before a Linear: under autocast the output goes straight to the Linear's dtype, in one kernel on
     CUDA instead of a float32 norm and a cast.
     """
+    width = x.shape[-1] if x.dim() else 0
+    if width == 0 or weight.shape != (width,) or bias.shape != (width,):
+        raise ValueError(f'layer_norm normalises the last dim of x: x of shape {tuple(x.shape)} needs a non-empty '
+                         f'last dim and weight and bias of shape ({width},), got {tuple(weight.shape)} and '
+                         f'{tuple(bias.shape)}')
     out_dtype = out_dtype or x.dtype
     if backend is None and torch.compiler.is_compiling():
         name = 'reference'

@@ -260,3 +260,11 @@ def test_use_backend_rejects_an_unknown_name_and_nests():
         assert not ops.selective_scan(u, u, A, b, b).any()
         assert torch.equal(ops.cross_scan(x), reference.cross_scan(x))  # its other ops are the reference's
     assert ops.selective_scan(u, u, A, b, b).any()
+
+
+@pytest.mark.parametrize('shape,weight,bias', [((2, 3, 8), (7,), (8,)), ((2, 3, 8), (8,), (4, 2)),
+                                                ((2, 0), (0,), (0,)), ((), (1,), (1,))])
+def test_layer_norm_rejects_parameters_that_do_not_match_the_last_dim(shape, weight, bias):
+    """The fast kernel would read past a short weight: every backend refuses, naming the shapes."""
+    with pytest.raises(ValueError, match='weight and bias of shape'):
+        ops.layer_norm(torch.randn(shape), torch.ones(weight), torch.zeros(bias))
