@@ -157,6 +157,29 @@ def test_inductor_compiled_model_equals_eager_on_the_gpu_in_fp32():
 
 
 @gpu
+def test_reduce_overhead_compile_replays_cuda_graphs_and_equals_eager_on_the_gpu():
+    """``mode='reduce-overhead'``: inductor captures the compiled forward and backward, the Triton operators inside
+    them, in CUDA graphs (no graph skipped for them) and the replays equal the eager model, gradients included."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        model = VMamba('tiny', drop_path_rate=0.0).cuda().train()
+        compiled = torch.compile(model, **compile_arguments(dict(mode='reduce-overhead')))
+        x = torch.randn(2, 3, 224, 160, device='cuda')
+        for _ in range(3):  # warm-up, recording, then replays
+            torch.compiler.cudagraph_mark_step_begin()
+            result = forward_backward(compiled, model, x)
+            assert_same(result, forward_backward(model, model, x), 1e-4)
+        assert not counters['inductor']['cudagraph_skips'], dict(counters['inductor'])
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+@gpu
 def test_whole_bf16_training_step_replays_in_a_cuda_graph():
     """Forward, backward and a capturable AdamW step captured once; each replay equals the eager step's loss."""
     torch.manual_seed(0)
