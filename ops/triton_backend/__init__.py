@@ -11,13 +11,13 @@ or on CPU tensors under ``TRITON_INTERPRET=1``.
 from __future__ import annotations
 
 from .cross_scan import cross_merge_backward, cross_merge_forward, cross_scan_backward, cross_scan_forward
-from .cross_selective_scan import cross_selective_scan_backward, cross_selective_scan_forward, expand_low_rank_delta
+from .cross_selective_scan import cross_selective_scan_backward, cross_selective_scan_forward
 from .launch import layout_only
 from .layer_norm import layer_norm_backward, layer_norm_forward, saves_xhat
 from .scan import TileConfig, scan_config, tile_config
 from .selective_scan import selective_scan_backward, selective_scan_forward
 
 __all__ = ['TileConfig', 'cross_merge_backward', 'cross_merge_forward', 'cross_scan_backward', 'cross_scan_forward',
-           'cross_selective_scan_backward', 'cross_selective_scan_forward', 'expand_low_rank_delta',
+           'cross_selective_scan_backward', 'cross_selective_scan_forward',
            'layer_norm_backward', 'layer_norm_forward', 'layout_only', 'saves_xhat', 'scan_config',
            'selective_scan_backward', 'selective_scan_forward', 'tile_config']

@@ -2,9 +2,10 @@
 
 The routes are applied inside the kernels' loads and stores: x, delta, B and C are read in image coordinates (the
 model's channel-last views, no copies) and the four routes add into one float32 (B, L, C) output. Given delta as the
-rank-R input of dt_proj and its weight, the expanded delta is made by one batched matmul and not kept for the
-backward, which makes it again. The chunk states kept for the backward are stored in bfloat16 when x is bf16 or
-fp16.
+rank-R input of dt_proj and its weight, the forward kernel expands it as it loads it (the full delta is never
+written); the backward makes it with one batched matmul, rounded as the forward rounds it, and takes the gradients
+of the rank-R input and the weight from the full delta's with two more. The chunk states kept for the backward are
+stored in bfloat16 when x is bf16 or fp16.
 """
 from __future__ import annotations
 
@@ -82,34 +83,26 @@ def _low_rank_operands(delta: torch.Tensor, delta_weight: torch.Tensor) -> tuple
 
 
 def _expand(low: torch.Tensor, weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The full delta (B, 4, C, H, W) from the padded operands, a view of a (4, B, H, W, C) buffer."""
+    """The full delta (B, 4, C, H, W) from the padded operands (one batched matmul over the routes, in delta's dtype):
+    a view of a (4, B, H, W, C) buffer, per route a contiguous (positions, C) matrix, which the backward kernel reads
+    channel-last and whose gradient it writes in the same layout for the transposed matmuls."""
     batch, routes, _, height, width = shape
     full = torch.bmm(low, weight.transpose(1, 2))
     return full.view(routes, batch, height, width, -1).permute(1, 0, 4, 2, 3)
-
-
-def expand_low_rank_delta(delta: torch.Tensor, delta_weight: torch.Tensor) -> torch.Tensor:
-    """(B, 4, R, H, W) x (4, C, R) -> (B, 4, C, H, W) as one batched matmul over the routes, in delta's dtype.
-
-    The result is a view of a (4, B, H, W, C) buffer: per route a contiguous (positions, C) matrix, which the scan
-    reads channel-last and whose gradient comes back in the same layout for the transposed matmuls of the backward.
-    """
-    return _expand(*_low_rank_operands(delta, delta_weight), delta.shape)
 
 
 def cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight, delta_softplus: bool,
                                  float32_output: bool, save_states: bool, A_is_log: bool = False):
     """The output (B, C, L), a transposed view of a channel-last (B, L, C) float32 buffer (in x's dtype unless
     ``float32_output``), and the chunk states (the backward's residual). With ``A_is_log`` A holds log(-A)."""
-    x, B, C = _positions_flat(x), _positions_flat(B), _positions_flat(C)
-    delta = _positions_flat(delta if delta_weight is None else expand_low_rank_delta(delta, delta_weight))
+    x, B, C, delta = _positions_flat(x), _positions_flat(B), _positions_flat(C), _positions_flat(delta)
     geo, cfg = _geometry(x, A)
     A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
     out = torch.empty(geo.batch, geo.length, geo.channels, device=x.device, dtype=torch.float32).transpose(1, 2)
     states = new_states(geo, cfg, save_states, x.device, _states_dtype(x))
     operands = dict(u=_image_operand(x), delta=_image_operand(delta), B=_image_operand(B), C=_image_operand(C),
                     y=_merged_operand(out))
-    launch_forward(geo, operands, A, D, delta_bias, delta_softplus, cfg, states, A_is_log)
+    launch_forward(geo, operands, A, D, delta_bias, delta_softplus, cfg, states, A_is_log, delta_weight)
     return (out if float32_output else out.to(x.dtype)), states
 
 

@@ -161,9 +161,10 @@ def new_states(geo: Geometry, cfg: TileConfig, save_states: bool, device: torch.
 
 
 def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool, cfg: TileConfig,
-                   states: torch.Tensor, A_is_log: bool = False) -> None:
+                   states: torch.Tensor, A_is_log: bool = False, delta_weight: torch.Tensor | None = None) -> None:
     """Run the forward scan kernel into ``operands['y']`` and ``states`` (see :func:`new_states`); with ``A_is_log``
-    A holds log(-A)."""
+    A holds log(-A). With ``delta_weight`` (routes, channels, R), ``operands['delta']`` is the rank-R input of that
+    projection (its third stride along the rank), expanded inside the kernel."""
     check_offsets(geo, operands)
     n_pad, n_cblk, n_chunks = geo.sizes(cfg)
     rows = geo.batch * geo.routes * n_cblk
@@ -182,16 +183,21 @@ def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias
     # the rows' look-back flags, the ticket counter and (zero_y) a flag per (batch, channel block) group
     flags = torch.zeros(rows * n_seg + 1 + (geo.batch * n_cblk if zero_y else 0), device=dev, dtype=torch.int32)
     strides = {name: op.strides for name, op in operands.items()}
+    rank = 0 if delta_weight is None else delta_weight.shape[2]
     launch(scan_kernels.scan_fwd_kernel, (rows * n_seg,), dev, **_operand_arguments(operands),
            A_ptr=A, D_ptr=A if D is None else D, bias_ptr=A if delta_bias is None else delta_bias,
+           w_ptr=A if delta_weight is None else delta_weight,
+           **dict(zip(('s_wk', 's_wc', 's_wr'), (0, 0, 0) if delta_weight is None else delta_weight.stride(),
+                      strict=True)),
            states_ptr=states, status_ptr=status, flag_ptr=flags,
            L=geo.length, H=geo.height, W=geo.width, n_state=geo.n_state, channels=geo.channels, n_routes=geo.routes,
-           n_cblk=n_cblk, n_chunks=n_chunks, seg_rounds=seg_rounds, n_seg=n_seg,
+           n_cblk=n_cblk, n_chunks=n_chunks, seg_rounds=seg_rounds, n_seg=n_seg, rank=rank,
            CROSS=geo.cross, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
            T=cfg.T, S=cfg.S, NP=n_pad, BC=cfg.BC, WIN=cfg.WIN, SAVE_STATES=save_states,
            EVEN=geo.channels % cfg.BC == 0 and geo.n_state == n_pad,
            SHARED_POS=strides['u'][3] == strides['delta'][3] == strides['y'][3] and strides['B'][3] == strides['C'][3],
-           ZERO_Y=zero_y, A_IS_LOG=A_is_log, num_warps=_forward_warps(cfg, n_pad))
+           ZERO_Y=zero_y, A_IS_LOG=A_is_log, LOW_RANK=delta_weight is not None, RP=next_power_of_2(rank),
+           num_warps=_forward_warps(cfg, n_pad))
 
 
 def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

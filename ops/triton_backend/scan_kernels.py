@@ -323,13 +323,16 @@ def _load(ptr, step_ok, mask, TAIL: tl.constexpr, EVEN: tl.constexpr, EVICT_FIRS
 
 @triton.jit
 def _round_loads(u_base, dl_base, B_base, C_base, k, r, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp, s_Bn, s_Bp,
-                 s_Cn, s_Cp, s_yp, TAIL: tl.constexpr, WITH_C: tl.constexpr, EVEN: tl.constexpr,
-                 CROSS: tl.constexpr, S: tl.constexpr, T: tl.constexpr):
+                 s_Cn, s_Cp, s_yp, low_rank, TAIL: tl.constexpr, WITH_C: tl.constexpr, EVEN: tl.constexpr,
+                 CROSS: tl.constexpr, LOW_RANK: tl.constexpr, S: tl.constexpr, T: tl.constexpr):
     """Round r of a row: chunks r * S + i (i < S) of T steps each, tuples over the steps of u and delta (S, BC),
     B and C (S, NP) (C only ``WITH_C``) in their stored dtype and of the output's position offsets (S,). A whole
     round loads every step (no per-step mask); TAIL (the row's last round, or a first round that may be it) only
     the steps before L. With C (the outputs' pass), delta's lines are marked evict-first in L2: read once, they
-    should not push out the float32 output that the four routes add into at different times."""
+    should not push out the float32 output that the four routes add into at different times. LOW_RANK: dl_base
+    holds the rank-R input of dt_proj (stride s_dc along the rank), and ``low_rank`` is (rank indices (RP,), their
+    mask, the route's dt_proj weight (RP, BC) float32): delta is made here, rounded to the stored dtype as the
+    batched matmul that otherwise makes it would round it."""
     t = (r * S + tl.arange(0, S)) * T
     p, dp, wrap = _route_start(k, t, L, H, W, CROSS)
     us = ()
@@ -340,7 +343,13 @@ def _round_loads(u_base, dl_base, B_base, C_base, k, r, L, H, W, c, n, mc, mn, s
     for j in tl.static_range(T):
         ok = (t + j < L)[:, None]
         us = us + (_load(u_base + (p[:, None] * s_up + c[None, :] * s_uc), ok, mc[None, :], TAIL, EVEN),)
-        ds = ds + (_load(dl_base + (p[:, None] * s_dp + c[None, :] * s_dc), ok, mc[None, :], TAIL, EVEN, WITH_C),)
+        if LOW_RANK:
+            rk, mr, weight = low_rank
+            low = _load(dl_base + (p[:, None] * s_dp + rk[None, :] * s_dc), ok, mr[None, :], TAIL, False, WITH_C)
+            delta = tl.sum(low.to(tl.float32)[:, :, None] * weight[None, :, :], 1)
+            ds = ds + (delta.to(dl_base.dtype.element_ty),)
+        else:
+            ds = ds + (_load(dl_base + (p[:, None] * s_dp + c[None, :] * s_dc), ok, mc[None, :], TAIL, EVEN, WITH_C),)
         bs = bs + (_load(B_base + (p[:, None] * s_Bp + n[None, :] * s_Bn), ok, mn[None, :], TAIL, EVEN),)
         if WITH_C:
             cs = cs + (_load(C_base + (p[:, None] * s_Cp + n[None, :] * s_Cn), ok, mn[None, :], TAIL, EVEN),)
@@ -453,7 +462,7 @@ def _wait_group_output(group_flag):
         pass
 
 
-@triton.jit(do_not_specialize=_SIZES + ['seg_rounds'] + _STRIDES_FWD)
+@triton.jit(do_not_specialize=_SIZES + ['seg_rounds', 'rank', 's_wk', 's_wc'] + _STRIDES_FWD)
 def scan_fwd_kernel(
         # operands: pointer, then strides along (batch, route, channel or state, image position)
         u_ptr, s_ub, s_uk, s_uc, s_up,
@@ -461,17 +470,19 @@ def scan_fwd_kernel(
         B_ptr, s_Bb, s_Bk, s_Bn, s_Bp,
         C_ptr, s_Cb, s_Ck, s_Cn, s_Cp,
         y_ptr, s_yb, s_yk, s_yc, s_yp,
+        # dt_proj's weight (LOW_RANK): pointer, then strides along (route, channel, rank)
+        w_ptr, s_wk, s_wc, s_wr,
         # per-channel parameters (contiguous)
         A_ptr, D_ptr, bias_ptr,
         # work buffers: chunk states, segment status, look-back flags and ticket counter
         states_ptr, status_ptr, flag_ptr,
         # sizes
-        L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_rounds, n_seg,
+        L, H, W, n_state, channels, n_routes, n_cblk, n_chunks, seg_rounds, n_seg, rank,
         # meta-parameters
         CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         T: tl.constexpr, S: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr, WIN: tl.constexpr,
         SAVE_STATES: tl.constexpr, EVEN: tl.constexpr, SHARED_POS: tl.constexpr, ZERO_Y: tl.constexpr,
-        A_IS_LOG: tl.constexpr):
+        A_IS_LOG: tl.constexpr, LOW_RANK: tl.constexpr, RP: tl.constexpr):
     """Forward over one segment (seg_rounds rounds) of one row, the state carried between rounds.
 
     A round is S consecutive chunks of T steps, one per warp: each chunk first runs on its own (its steps' decays
@@ -485,7 +496,8 @@ def scan_fwd_kernel(
     pass over the segment computes its aggregate for the look-back; the second pass produces y from the carried-in
     state. The state entering every chunk is saved for the backward (SAVE_STATES), plus the row's final state.
     SHARED_POS: u, delta and y have one position stride, and B and C another (as the model lays them out), so that a
-    step's offsets are computed once.
+    step's offsets are computed once. LOW_RANK: the delta operand is the rank-``rank`` input of dt_proj, expanded with
+    its weight (RP >= rank a power of two) as it is loaded, so the full delta is never written.
     """
     if SHARED_POS:
         s_dp = s_up
@@ -496,6 +508,14 @@ def scan_fwd_kernel(
         flag_ptr, A_ptr, D_ptr, bias_ptr, n_state, channels, n_routes, n_cblk, n_rounds, seg_rounds, n_seg,
         False, HAS_D, HAS_BIAS, NP, BC, A_IS_LOG)
     A2 = A * _LOG2E
+    if LOW_RANK:
+        rk = tl.arange(0, RP)
+        mr = rk < rank
+        weight = tl.load(w_ptr + k64 * s_wk + c[None, :] * s_wc + rk[:, None] * s_wr, mask=mr[:, None] & mc[None, :],
+                         other=0.0)
+        low_rank = (rk, mr, weight.to(dl_ptr.dtype.element_ty).to(tl.float32))  # rounded as the matmul's operand
+    else:
+        low_rank = (n, mn, A)  # unused
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
     dl_base = dl_ptr + b64 * s_db + k64 * s_dk
     B_base = B_ptr + b64 * s_Bb + k64 * s_Bk
@@ -514,20 +534,21 @@ def scan_fwd_kernel(
         agg_a = tl.full((NP, BC), 1.0, tl.float32)
         agg_b = tl.zeros((NP, BC), tl.float32)
         nxt = _round_loads(u_base, dl_base, B_base, C_base, k, first, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp,
-                           s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, False, EVEN, CROSS, S, T)
+                           s_Bn, s_Bp, s_Cn, s_Cp, s_yp, low_rank, True, False, EVEN, CROSS, LOW_RANK, S, T)
         for r in range(first, full_end):
             us, ds, bs, _, _ = nxt
             r_next = tl.minimum(r + 1, full_end - 1)  # past the whole rounds: this one again (no masks needed)
             nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up,
-                               s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, False, EVEN, CROSS, S, T)
+                               s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, low_rank, False, False, EVEN, CROSS,
+                               LOW_RANK, S, T)
             _, _, _, pa, hb = _round_local(us, ds, bs, r, L, A2, bias, HAS_BIAS, SOFTPLUS, False, S, T)
             ra, rb = _round_aggregate(pa, hb, S)
             agg_b = ra * agg_b + rb
             agg_a = ra * agg_a
         if full_end < end:
             us, ds, bs, _, _ = _round_loads(u_base, dl_base, B_base, C_base, k, full_end, L, H, W, c, n, mc, mn, s_uc,
-                                            s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, False, EVEN, CROSS,
-                                            S, T)
+                                            s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, low_rank, True, False,
+                                            EVEN, CROSS, LOW_RANK, S, T)
             _, _, _, pa, hb = _round_local(us, ds, bs, full_end, L, A2, bias, HAS_BIAS, SOFTPLUS, True, S, T)
             ra, rb = _round_aggregate(pa, hb, S)
             agg_b = ra * agg_b + rb
@@ -538,7 +559,7 @@ def scan_fwd_kernel(
     row_states = states_ptr + row.to(tl.int64) * n_slots * NP * BC
     chunk_offs = tl.arange(0, S)[:, None, None] * NP * BC + offs[None, :, :]
     nxt = _round_loads(u_base, dl_base, B_base, C_base, k, first, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc, s_dp,
-                       s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, True, EVEN, CROSS, S, T)
+                       s_Bn, s_Bp, s_Cn, s_Cp, s_yp, low_rank, True, True, EVEN, CROSS, LOW_RANK, S, T)
     if ZERO_Y:
         if not zeroes:
             _wait_group_output(group_flag)
@@ -546,7 +567,7 @@ def scan_fwd_kernel(
         us, ds, bs, cs, ys = nxt
         r_next = tl.minimum(r + 1, full_end - 1)
         nxt = _round_loads(u_base, dl_base, B_base, C_base, k, r_next, L, H, W, c, n, mc, mn, s_uc, s_up, s_dc,
-                           s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, False, True, EVEN, CROSS, S, T)
+                           s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, low_rank, False, True, EVEN, CROSS, LOW_RANK, S, T)
         decays, inputs, u32, pa, hb = _round_local(us, ds, bs, r, L, A2, bias, HAS_BIAS, SOFTPLUS, False, S, T)
         h_in, h = _round_states(h, pa, hb, S)
         if SAVE_STATES:
@@ -554,8 +575,8 @@ def scan_fwd_kernel(
         _round_outputs(h_in, decays, inputs, u32, cs, ys, r, L, D, y_base, c, mc, s_yc, False, EVEN, CROSS, S, T)
     if full_end < end:
         us, ds, bs, cs, ys = _round_loads(u_base, dl_base, B_base, C_base, k, full_end, L, H, W, c, n, mc, mn, s_uc,
-                                          s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, True, True, EVEN, CROSS, S,
-                                          T)
+                                          s_up, s_dc, s_dp, s_Bn, s_Bp, s_Cn, s_Cp, s_yp, low_rank, True, True, EVEN,
+                                          CROSS, LOW_RANK, S, T)
         decays, inputs, u32, pa, hb = _round_local(us, ds, bs, full_end, L, A2, bias, HAS_BIAS, SOFTPLUS, True, S, T)
         h_in, h = _round_states(h, pa, hb, S)
         if SAVE_STATES:
