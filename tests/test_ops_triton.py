@@ -36,6 +36,7 @@ tl = triton.language
 reference = importlib.import_module(f'{ops.__name__}.reference')
 triton_backend = importlib.import_module(f'{ops.__name__}.triton_backend')
 scan_kernels = importlib.import_module(f'{ops.__name__}.triton_backend.scan_kernels')
+fused_scan = importlib.import_module(f'{ops.__name__}.triton_backend.cross_selective_scan')
 # the public ops with the Triton backend chosen
 tb = types.SimpleNamespace(**{name: functools.partial(getattr(ops, name), backend='triton')
                               for name in ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan',
@@ -300,12 +301,15 @@ def interpreter_fused_half(device='cpu'):
 def interpreter_fused_low_rank(device='cpu'):
     """delta as the rank-R input of dt_proj plus its weight: expanded inside the forward kernel as it is loaded (also
     in the aggregate pass of rows cut into segments), made by a matmul for the backward, never stored; ranks of 3,
-    5 (padded to a power of two inside the kernel, to 8 for the matmuls) and 8."""
+    5 (padded to a power of two inside the kernel, to 8 for the matmuls) and 8, and a rank above IN_KERNEL_RANK,
+    expanded by a matmul before the forward kernel."""
     check_cross_selective_scan(2, 3, 1, 3, 4, torch.float32, device, low_rank=True)
     check_cross_selective_scan(1, 2, 2, 4, 3, torch.bfloat16, device, low_rank=True)
     check_cross_selective_scan(1, 2, 1, 3, 3, torch.bfloat16, device, low_rank=True, dt_rank=8)
     with triton_backend.tile_config(T=8, programs=64):  # several forward segments a row
         check_cross_selective_scan(1, 3, 1, 3, 7, torch.float32, device, low_rank=True, dt_rank=5)
+    check_cross_selective_scan(1, 2, 1, 3, 4, torch.bfloat16, device, low_rank=True,
+                               dt_rank=fused_scan.IN_KERNEL_RANK + 1)
 
 
 def interpreter_fused_bfloat16_states(device='cpu'):

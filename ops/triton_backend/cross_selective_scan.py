@@ -2,10 +2,10 @@
 
 The routes are applied inside the kernels' loads and stores: x, delta, B and C are read in image coordinates (the
 model's channel-last views, no copies) and the four routes add into one float32 (B, L, C) output. Given delta as the
-rank-R input of dt_proj and its weight, the forward kernel expands it as it loads it (the full delta is never
-written); the backward makes it with one batched matmul, rounded as the forward rounds it, and takes the gradients
-of the rank-R input and the weight from the full delta's with two more. The chunk states kept for the backward are
-stored in bfloat16 when x is bf16 or fp16.
+rank-R input of dt_proj and its weight, the forward kernel expands it as it loads it, up to rank
+``IN_KERNEL_RANK`` (the full delta is not written); the backward makes it with one batched matmul, rounded as the
+forward rounds it, and takes the gradients of the rank-R input and the weight from the full delta's with two more.
+The chunk states kept for the backward are stored in bfloat16 when x is bf16 or fp16.
 """
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from .scan import Geometry, Operand, cast, launch_backward, launch_forward, new_states, scan_config
 
 ROUTES = 4
+# The largest dt_proj rank the forward kernel expands itself (its route's weight slice held in registers, one
+# compiled variant per power of two); larger ranks (VMamba's later stages, where the maps are small) are expanded by
+# a batched matmul first.
+IN_KERNEL_RANK = 16
 
 
 def _positions_flat(t: torch.Tensor) -> torch.Tensor:
@@ -95,6 +99,8 @@ def cross_selective_scan_forward(x, delta, A, B, C, D, delta_bias, delta_weight,
                                  float32_output: bool, save_states: bool, A_is_log: bool = False):
     """The output (B, C, L), a transposed view of a channel-last (B, L, C) float32 buffer (in x's dtype unless
     ``float32_output``), and the chunk states (the backward's residual). With ``A_is_log`` A holds log(-A)."""
+    if delta_weight is not None and delta_weight.shape[2] > IN_KERNEL_RANK:
+        delta, delta_weight = _expand(*_low_rank_operands(delta, delta_weight), delta.shape), None
     x, B, C, delta = _positions_flat(x), _positions_flat(B), _positions_flat(C), _positions_flat(delta)
     geo, cfg = _geometry(x, A)
     A, D, delta_bias = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
