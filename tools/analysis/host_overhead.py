@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 os.environ['TRITON_INTERPRET'] = '1'  # before triton is imported: the backend runs on CPU tensors
@@ -27,13 +25,14 @@ import torch  # noqa: E402
 from mmvmamba.models.backbones.vmamba import SS2D, LayerNorm  # noqa: E402
 from mmvmamba.ops import dispatch, use_backend  # noqa: E402
 from mmvmamba.utils.cli import format_table  # noqa: E402
+from mmvmamba.utils.timing import time_step  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--channels', type=int, default=96, help='block width (the scan runs at ssm_ratio 1)')
-    parser.add_argument('--size', type=int, default=8,
+    parser.add_argument('--size', type=int, default=2,
                         help='feature map side; the host cost does not depend on it, small keeps the CPU work out')
     parser.add_argument('--calls', type=int, default=200, help='calls per timed repeat')
     parser.add_argument('--repeats', type=int, default=5, help='timed repeats; the median is reported')
@@ -42,14 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def median_us(fn: Callable[[], object], calls: int, repeats: int) -> float:
     """Median over ``repeats`` of the wall time of one call of ``fn``, in microseconds, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(times)
+    return time_step(fn, 'cpu', warmup=1, repeats=repeats, calls=calls).median * 1e6
 
 
 def torch_calls(fn: Callable[[], object]) -> int:
@@ -63,7 +55,8 @@ def torch_calls(fn: Callable[[], object]) -> int:
 
 
 class Op:
-    """One operator as a block calls it: ``forward()`` returns the output, ``backward(out)`` runs its backward."""
+    """One operator as a block calls it: ``forward()`` returns the output, ``backward(out, grad)`` runs its
+    backward."""
 
     def __init__(self, forward: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]):
         self.forward_fn, self.inputs = forward, inputs
@@ -93,16 +86,10 @@ def block_ops(batch: int, channels: int, size: int) -> dict[str, Op]:
 
 def backward_us(op: Op, calls: int, repeats: int) -> float:
     """Median over ``repeats`` of the wall time of one backward of ``op``, in microseconds (the forwards whose graphs
-    they run are made outside the timing)."""
-    times = []
-    for _ in range(repeats + 1):
-        outs = [op.forward() for _ in range(calls)]
-        grad = torch.zeros_like(outs[0])
-        start = time.perf_counter()
-        for out in outs:
-            op.backward(out, grad)
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(times[1:])
+    they run are made before the timing)."""
+    outs = iter([op.forward() for _ in range(calls * repeats + 1)])
+    grad = torch.zeros_like(op.forward())
+    return median_us(lambda: op.backward(next(outs), grad), calls, repeats)
 
 
 def measure(ops: dict[str, Op], calls: int, repeats: int) -> list[list[str]]:
