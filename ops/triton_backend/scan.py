@@ -184,11 +184,11 @@ def launch_forward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias
     flags = torch.zeros(rows * n_seg + 1 + (geo.batch * n_cblk if zero_y else 0), device=dev, dtype=torch.int32)
     strides = {name: op.strides for name, op in operands.items()}
     rank = 0 if delta_weight is None else delta_weight.shape[2]
+    weight_strides = (0, 0, 0) if delta_weight is None else delta_weight.stride()
     launch(scan_kernels.scan_fwd_kernel, (rows * n_seg,), dev, **_operand_arguments(operands),
            A_ptr=A, D_ptr=A if D is None else D, bias_ptr=A if delta_bias is None else delta_bias,
-           w_ptr=A if delta_weight is None else delta_weight,
-           **dict(zip(('s_wk', 's_wc', 's_wr'), (0, 0, 0) if delta_weight is None else delta_weight.stride(),
-                      strict=True)),
+           w_ptr=A if delta_weight is None else delta_weight, s_wk=weight_strides[0], s_wc=weight_strides[1],
+           s_wr=weight_strides[2],
            states_ptr=states, status_ptr=status, flag_ptr=flags,
            L=geo.length, H=geo.height, W=geo.width, n_state=geo.n_state, channels=geo.channels, n_routes=geo.routes,
            n_cblk=n_cblk, n_chunks=n_chunks, seg_rounds=seg_rounds, n_seg=n_seg, rank=rank,
