@@ -47,8 +47,7 @@ class FakeKernel:
 
 @pytest.fixture
 def cpu_launch(monkeypatch):
-    """The lean path on CPU: device 0, stream 7, no launch hooks."""
-    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    """The lean path on CPU: stream 7, no launch hooks (the tests pass device 0)."""
     monkeypatch.setattr(launch, '_current_stream', lambda device: 7)
     monkeypatch.setattr(launch, '_runtime_knobs', types.SimpleNamespace(launch_enter_hook=None,
                                                                         launch_exit_hook=None))
@@ -61,9 +60,9 @@ def arguments(x: torch.Tensor, n: int = 64, block: int = 32) -> dict:
 def test_lean_launch_starts_a_known_kernel_with_its_arguments_in_parameter_order(cpu_launch):
     kernel, x = FakeKernel(), torch.zeros(64)
     lean = launch.LeanLaunch(kernel)
-    lean((3,), arguments(x))
+    lean((3,), arguments(x), 0)
     compiled = lean.compiled[next(iter(lean.compiled))]
-    lean((5, 2), dict(reversed(arguments(x).items())))  # keyword order does not matter
+    lean((5, 2), dict(reversed(arguments(x).items())), 0)  # keyword order does not matter
     assert len(kernel.own_launches) == 1 and lean.lean_launches == 1
     assert compiled.started == [(5, 2, 1, 7, 'function-handle', 'metadata', None, None, None, x, 64, 1e-5, 32)]
 
@@ -71,40 +70,40 @@ def test_lean_launch_starts_a_known_kernel_with_its_arguments_in_parameter_order
 def test_lean_launch_takes_tritons_path_for_what_the_compiled_kernel_is_specialised_on(cpu_launch):
     kernel, x = FakeKernel(), torch.zeros(64)
     lean = launch.LeanLaunch(kernel)
-    lean((1,), arguments(x))
+    lean((1,), arguments(x), 0)
     variants = [arguments(x.double()), arguments(x[1:]), arguments(x, n=65), arguments(x, block=64),
                 {**arguments(x), 'num_warps': 8}]
     for variant in variants:
-        lean((1,), variant)
+        lean((1,), variant, 0)
     assert len(kernel.own_launches) == 1 + len(variants) and lean.lean_launches == 0
     for variant in variants:  # each now known
-        lean((1,), variant)
+        lean((1,), variant, 0)
     assert lean.lean_launches == len(variants)
 
 
 def test_lean_launch_takes_tritons_path_for_other_options_missing_parameters_or_a_missing_tensor(cpu_launch):
     kernel, x = FakeKernel(), torch.zeros(64)
     lean = launch.LeanLaunch(kernel)
-    lean((1,), arguments(x))  # learns that x_ptr takes a tensor
+    lean((1,), arguments(x), 0)  # learns that x_ptr takes a tensor
     partial = {name: value for name, value in arguments(x).items() if name != 'eps'}
     staged = {**arguments(x), 'num_stages': 2}
     no_tensor = {**arguments(x), 'x_ptr': None}
     for call in (partial, partial, staged, staged, no_tensor, no_tensor):
-        lean((1,), call)
+        lean((1,), call, 0)
     assert len(kernel.own_launches) == 7 and lean.lean_launches == 0 and len(lean.compiled) == 1
 
 
 def test_lean_launch_takes_tritons_path_while_a_launch_hook_is_installed(cpu_launch, monkeypatch):
     kernel, x = FakeKernel(), torch.zeros(64)
     lean = launch.LeanLaunch(kernel)
-    lean((1,), arguments(x))
+    lean((1,), arguments(x), 0)
     monkeypatch.setattr(launch, '_runtime_knobs', types.SimpleNamespace(
         launch_enter_hook=types.SimpleNamespace(calls=[print]), launch_exit_hook=types.SimpleNamespace(calls=[])))
-    lean((1,), arguments(x))
+    lean((1,), arguments(x), 0)
     assert len(kernel.own_launches) == 2 and lean.lean_launches == 0
     monkeypatch.setattr(launch, '_runtime_knobs', types.SimpleNamespace(
         launch_enter_hook=types.SimpleNamespace(calls=[]), launch_exit_hook=types.SimpleNamespace(calls=[])))
-    lean((1,), arguments(x))
+    lean((1,), arguments(x), 0)
     assert len(kernel.own_launches) == 2 and lean.lean_launches == 1
 
 
@@ -113,7 +112,7 @@ def test_lean_launch_cache_is_bounded(cpu_launch, monkeypatch):
     kernel, x = FakeKernel(), torch.zeros(64)
     lean = launch.LeanLaunch(kernel)
     for n in range(10):
-        lean((1,), arguments(x, n=100 + n))
+        lean((1,), arguments(x, n=100 + n), 0)
     assert len(lean.compiled) <= 3 and len(kernel.own_launches) == 10
 
 

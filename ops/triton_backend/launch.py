@@ -71,7 +71,7 @@ class LeanLaunch:
         self.compiled: dict[tuple, object] = {}
         self.lean_launches = 0
 
-    def _key(self, arguments: dict) -> tuple[tuple, tuple] | None:
+    def _key(self, arguments: dict, device: int) -> tuple[tuple, tuple] | None:
         """(the call's key, its arguments in parameter order), or None where a call names other options than
         ``num_warps``, leaves a parameter to its default or passes no tensor where the first call passed one."""
         if len(arguments) != len(self.names) + ('num_warps' in arguments):
@@ -88,10 +88,11 @@ class LeanLaunch:
             tensors = [(t.dtype, t.data_ptr() % 16 == 0) for t in self._tensors(values)]
         except AttributeError:
             return None
-        return (torch.cuda.current_device(), arguments.get('num_warps'), self._scalars(values), *tensors), values
+        return (device, arguments.get('num_warps'), self._scalars(values), *tensors), values
 
-    def __call__(self, grid: tuple[int, ...], arguments: dict) -> None:
-        found = self._key(arguments)
+    def __call__(self, grid: tuple[int, ...], arguments: dict, device: int) -> None:
+        """Start the kernel on CUDA device ``device``, the current one."""
+        found = self._key(arguments, device)
         if found is None:
             self.kernel[grid](**arguments)
             return
@@ -104,7 +105,7 @@ class LeanLaunch:
             self.compiled[key] = compiled
             return
         grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
-        compiled.run(grid_x, grid_y, grid_z, _current_stream(key[0]), compiled.function, compiled.packed_metadata,
+        compiled.run(grid_x, grid_y, grid_z, _current_stream(device), compiled.function, compiled.packed_metadata,
                      None, None, None, *values)
         self.lean_launches += 1
 
@@ -128,9 +129,10 @@ def launcher(kernel) -> LeanLaunch:
     return found
 
 
-def _start(kernel, grid: tuple[int, ...], arguments: dict) -> None:
-    if lean_path:
-        launcher(kernel)(grid, arguments)
+def _start(kernel, grid: tuple[int, ...], arguments: dict, device: int | None) -> None:
+    """Start ``kernel`` on the current device, ``device`` (its index; None off CUDA)."""
+    if lean_path and device is not None:
+        launcher(kernel)(grid, arguments, device)
     else:
         kernel[grid](**arguments)
 
@@ -140,11 +142,15 @@ def launch(kernel, grid: tuple[int, ...], device: torch.device, **arguments) -> 
     lean path on CUDA."""
     if layout_only.active:
         return
-    if device.type == 'cuda' and device.index is not None and device.index != torch.cuda.current_device():
+    if device.type != 'cuda':  # Triton's interpreter on CPU tensors
+        _start(kernel, grid, arguments, None)
+        return
+    current = torch.cuda.current_device()
+    if device.index is not None and device.index != current:
         with torch.cuda.device(device):
-            _start(kernel, grid, arguments)
+            _start(kernel, grid, arguments, device.index)
     else:
-        _start(kernel, grid, arguments)
+        _start(kernel, grid, arguments, current)
 
 
 def cdiv(a: int, b: int) -> int:

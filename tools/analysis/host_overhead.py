@@ -84,11 +84,10 @@ def block_ops(batch: int, channels: int, size: int) -> dict[str, Op]:
             'cross_selective_scan': Op(lambda: ss2d.selective_scan(*leaves), leaves)}
 
 
-def backward_us(op: Op, calls: int, repeats: int) -> float:
-    """Median over ``repeats`` of the wall time of one backward of ``op``, in microseconds (the forwards whose graphs
-    they run are made before the timing)."""
+def backward_us(op: Op, grad: torch.Tensor, calls: int, repeats: int) -> float:
+    """Median over ``repeats`` of the wall time of one backward of ``op`` with output gradient ``grad``, in
+    microseconds (the forwards whose graphs they run are made before the timing)."""
     outs = iter([op.forward() for _ in range(calls * repeats + 1)])
-    grad = torch.zeros_like(op.forward())
     return median_us(lambda: op.backward(next(outs), grad), calls, repeats)
 
 
@@ -100,9 +99,9 @@ def measure(ops: dict[str, Op], calls: int, repeats: int) -> list[list[str]]:
         for name, op in ops.items():
             grad = torch.zeros_like(op.forward())
             forward_calls = torch_calls(op.forward)
-            rows.append([name, f'{median_us(op.forward, calls, repeats):.1f}', f'{backward_us(op, calls, repeats):.1f}',
-                         str(forward_calls), str(torch_calls(lambda op=op, grad=grad: op.backward(op.forward(), grad))
-                                                          - forward_calls)])
+            backward_calls = torch_calls(lambda op=op, grad=grad: op.backward(op.forward(), grad)) - forward_calls
+            rows.append([name, f'{median_us(op.forward, calls, repeats):.1f}',
+                         f'{backward_us(op, grad, calls, repeats):.1f}', str(forward_calls), str(backward_calls)])
     return rows
 
 
