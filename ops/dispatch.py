@@ -34,7 +34,8 @@ _MODULES = {'reference': 'reference', 'triton': 'triton_backend', 'mamba_ssm': '
             'export': 'export_backend', 'shapes': 'reference'}
 ENV_VAR = 'MMVMAMBA_OPS_BACKEND'
 # what each backend implements: every operator, but mamba_ssm its selective scan only
-_ALL_OPS = ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan', 'layer_norm')
+_ALL_OPS = ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan', 'layer_norm', 'add_layer_norm',
+            'depthwise_conv_silu')
 _OPS = {**dict.fromkeys(BACKENDS, _ALL_OPS), 'mamba_ssm': ('selective_scan',)}
 # Triton's interpreter runs the kernels on CPU tensors (the tests' way to check them without a GPU)
 _ANY_DEVICE = ('reference', 'export', 'shapes') + (('triton',) if os.environ.get('TRITON_INTERPRET') == '1' else ())

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .reference import cross_merge, cross_scan, layer_norm
+from .reference import add_layer_norm, cross_merge, cross_scan, depthwise_conv_silu, layer_norm
 
-__all__ = ['MAX_LOG2_LENGTH', 'cross_merge', 'cross_scan', 'cross_selective_scan', 'layer_norm', 'linear_recurrence',
-           'selective_scan']
+__all__ = ['MAX_LOG2_LENGTH', 'add_layer_norm', 'cross_merge', 'cross_scan', 'cross_selective_scan',
+           'depthwise_conv_silu', 'layer_norm', 'linear_recurrence', 'selective_scan']
 
 ROUTES = 4
 MAX_LOG2_LENGTH = 18  # sequences of up to 2**18 steps: inputs up to 2048 x 2048 (stage 0 has stride 4)

@@ -76,12 +76,15 @@ class Pair:
     """An operator's forward and backward: the custom operators, and the plain functions behind them.
 
     ``setup(ctx, inputs, output)`` saves what the backward needs; ``grads(ctx, backward, *output_grads)`` returns the
-    inputs' gradients, calling ``backward`` (the custom backward operator, or its plain function).
+    inputs' gradients, calling ``backward`` (the custom backward operator, or its plain function). The first
+    ``differentiable`` outputs are differentiable (the rest are for the backward); in eager mode the gradient of one
+    that was not used is None.
     """
     forward: Callable
     backward: Callable
     setup: Callable
     grads: Callable
+    differentiable: int = 1
     op: object = None
     backward_op: object = None
 
@@ -105,14 +108,14 @@ class _Eager(torch.autograd.Function):
         pair.setup(ctx, inputs, output)
         ctx.pair = pair
         if isinstance(output, tuple):
-            ctx.mark_non_differentiable(*output[1:])
+            ctx.mark_non_differentiable(*output[pair.differentiable:])
             # the extra outputs get no gradient: None, not zero tensors (a memset each, full-size for x-hat)
             ctx.set_materialize_grads(False)
         return output
 
     @staticmethod
     def backward(ctx, *grads):
-        if grads[0] is None:  # only the first output is differentiable: no gradient reached it
+        if all(g is None for g in grads[:ctx.pair.differentiable]):  # no gradient reached a differentiable output
             return (None,) * len(ctx.needs_input_grad)
         return None, *ctx.pair.grads(ctx, ctx.pair.backward, *grads)
 
@@ -342,3 +345,79 @@ layer_norm.register('layer_norm', lambda x, weight, bias, eps, out_dtype, backen
     backend, 'layer_norm_forward', x, weight, bias, eps, out_dtype),
                     lambda grad, x, weight, mean, rstd, x_is_xhat, dx_dtype, backend: _fake_run(
                         backend, 'layer_norm_backward', grad, x, weight, mean, rstd, x_is_xhat, dx_dtype))
+
+
+# --- depthwise convolution and SiLU ---------------------------------------------------------------------------------
+
+def _depthwise_conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str) -> Tensor:
+    return _module(backend).depthwise_conv_silu_forward(x, weight, bias)
+
+
+def _depthwise_conv_silu_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,
+                                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_or_empty(g, x) for g in _module(backend).depthwise_conv_silu_backward(grad, x, weight, bias))
+
+
+def _depthwise_conv_silu_setup(ctx, inputs, output):
+    x, weight, bias, backend = inputs
+    ctx.save_for_backward(x, weight, bias)  # not the output: the backward recomputes what it needs from x
+    ctx.backend, ctx.has_bias = backend, bias is not None
+
+
+def _depthwise_conv_silu_grads(ctx, backward, grad):
+    dx, dweight, dbias = backward(grad, *ctx.saved_tensors, ctx.backend)
+    return dx, dweight, _or_none(dbias, ctx.has_bias), None
+
+
+depthwise_conv_silu = Pair(_depthwise_conv_silu, _depthwise_conv_silu_backward, _depthwise_conv_silu_setup,
+                           _depthwise_conv_silu_grads)
+depthwise_conv_silu.register(
+    'depthwise_conv_silu',
+    lambda x, weight, bias, backend: _fake_run(backend, 'depthwise_conv_silu_forward', x, weight, bias),
+    lambda grad, x, weight, bias, backend: tuple(
+        _or_empty(g, x) for g in _fake_run(backend, 'depthwise_conv_silu_backward', grad, x, weight, bias)))
+
+
+# --- residual add and LayerNorm -------------------------------------------------------------------------------------
+
+def _add_layer_norm(residual: Tensor, branch: Tensor, mask: Tensor | None, mask_value: float, weight: Tensor,
+                    bias: Tensor, eps: float, out_dtype: torch.dtype, backend: str
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The residual sum, its norm, the rows' mean and 1/std, and x-hat or an empty tensor (see :func:`_layer_norm`)."""
+    return _module(backend).add_layer_norm_forward(residual, branch, mask, mask_value, weight, bias, eps, out_dtype)
+
+
+def _add_layer_norm_backward(dsum: Tensor | None, dy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
+                             x_is_xhat: bool, mask: Tensor | None, mask_value: float, residual_dtype: torch.dtype,
+                             branch_dtype: torch.dtype, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _module(backend).add_layer_norm_backward(dsum, dy, x, weight, mean, rstd, x_is_xhat, mask, mask_value,
+                                                    residual_dtype, branch_dtype)
+
+
+def _add_layer_norm_setup(ctx, inputs, output):
+    residual, branch, mask, mask_value, weight, _, _, out_dtype, backend = inputs
+    total, _, mean, rstd, xhat = output
+    ctx.x_is_xhat = _module(backend).saves_xhat(residual.dtype, out_dtype)
+    ctx.save_for_backward(xhat if ctx.x_is_xhat else total, weight, mean, rstd, mask)
+    ctx.mask_value, ctx.backend, ctx.out_dtype = mask_value, backend, out_dtype
+    ctx.residual_dtype, ctx.branch_dtype = residual.dtype, branch.dtype
+
+
+def _add_layer_norm_grads(ctx, backward, grad_sum, grad_y, grad_mean, grad_rstd, grad_xhat):
+    x, weight, mean, rstd, mask = ctx.saved_tensors
+    if grad_y is None:  # the norm's output unused (eager): the gradient it would pass back is zero
+        grad_y = torch.zeros(x.shape, device=x.device, dtype=ctx.out_dtype)
+    dresidual, dbranch, dweight, dbias = backward(grad_sum, grad_y, x, weight, mean, rstd, ctx.x_is_xhat, mask,
+                                                  ctx.mask_value, ctx.residual_dtype, ctx.branch_dtype, ctx.backend)
+    return dresidual, dbranch, None, None, dweight, dbias, None, None, None
+
+
+add_layer_norm = Pair(_add_layer_norm, _add_layer_norm_backward, _add_layer_norm_setup, _add_layer_norm_grads,
+                      differentiable=2)
+add_layer_norm.register(
+    'add_layer_norm',
+    lambda residual, branch, mask, mask_value, weight, bias, eps, out_dtype, backend: _fake_run(
+        backend, 'add_layer_norm_forward', residual, branch, mask, mask_value, weight, bias, eps, out_dtype),
+    lambda dsum, dy, x, weight, mean, rstd, x_is_xhat, mask, mask_value, residual_dtype, branch_dtype, backend:
+        _fake_run(backend, 'add_layer_norm_backward', dsum, dy, x, weight, mean, rstd, x_is_xhat, mask, mask_value,
+                  residual_dtype, branch_dtype))

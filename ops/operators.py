@@ -2,9 +2,9 @@
 
 The scans of the Triton, mamba_ssm, reference and 'shapes' backends run as the forward/backward pairs of
 :mod:`.library` (custom operators under ``torch.compile``, which keeps them whole in its graph); the reference's
-layout ops and LayerNorm and the export backend run as plain Python (traceable tensor ops). Under ``torch.compile``
-a LayerNorm that names no backend is the reference's, which the compiler generates and fuses with the elementwise
-work around it.
+layout ops, LayerNorms and depthwise convolution and the export backend run as plain Python (traceable tensor
+ops). Under ``torch.compile`` a LayerNorm (with or without its residual add) or a depthwise convolution that names no
+backend is the reference's, which the compiler generates and fuses with the elementwise work around it.
 """
 from __future__ import annotations
 
@@ -109,3 +109,63 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     if name == 'triton':
         return library.run(library.layer_norm, _needs_grad(x, weight, bias), x, weight, bias, eps, out_dtype, name)[0]
     return _python(name).layer_norm(x, weight, bias, eps, out_dtype)
+
+
+def add_layer_norm(residual: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float = 1e-5, out_dtype: torch.dtype | None = None, mask: torch.Tensor | None = None,
+                   mask_value: float = 1.0, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A residual add and the LayerNorm after it: (s, LayerNorm(s) in ``out_dtype``) for s = residual + mask_value *
+    mask[i] * branch, as ``torch.addcmul`` computes it (in residual's dtype; ``mask`` has one entry per sample i of
+    the first dim: DropPath's keep mask, with mask_value 1 / keep), or s = residual + branch without a mask.
+
+    On CUDA one Triton kernel each way: the sum is written as the norm reads it, and the backward adds s's own
+    gradient into the norm's and scales the branch's, where autograd would run an add and two multiplies.
+    """
+    width = residual.shape[-1] if residual.dim() else 0
+    if branch.shape != residual.shape:
+        raise ValueError(f'add_layer_norm adds a branch of the residual\'s shape {tuple(residual.shape)}, got '
+                         f'{tuple(branch.shape)}')
+    if width == 0 or weight.shape != (width,) or bias.shape != (width,):
+        raise ValueError(f'add_layer_norm normalises the last dim: a residual of shape {tuple(residual.shape)} needs '
+                         f'a non-empty last dim and weight and bias of shape ({width},), got {tuple(weight.shape)} '
+                         f'and {tuple(bias.shape)}')
+    if mask is not None and mask.shape != residual.shape[:1]:
+        raise ValueError(f'add_layer_norm takes one mask entry per sample: shape ({residual.shape[0]},), got '
+                         f'{tuple(mask.shape)}')
+    out_dtype = out_dtype or residual.dtype
+    if backend is None and torch.compiler.is_compiling():
+        name = 'reference'
+    else:
+        name = dispatch.resolve('add_layer_norm', residual, backend)
+    if name == 'triton':
+        return library.run(library.add_layer_norm, _needs_grad(residual, branch, weight, bias), residual, branch,
+                           mask, mask_value, weight, bias, eps, out_dtype, name)[:2]
+    return _python(name).add_layer_norm(residual, branch, weight, bias, eps, out_dtype, mask, mask_value)
+
+
+def depthwise_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                        backend: str | None = None) -> torch.Tensor:
+    """SiLU of a depthwise KxK convolution (stride 1, zero padding K // 2, K odd) of a channel-last map x
+    (B, H, W, C), with weight (C, 1, K, K) and bias (C,) or None: SS2D's conv2d and its activation. Returns
+    (B, H, W, C) in x's dtype; weight and bias are rounded to x's dtype, as autocast casts them.
+
+    On CUDA one Triton kernel forward (two backward) instead of a cuDNN convolution, a SiLU and the weight's casts;
+    under ``torch.compile`` (no backend named) the reference, which the compiler lowers itself.
+    """
+    if x.dim() != 4 or x.shape[-1] == 0:
+        raise ValueError(f'depthwise_conv_silu expects a channel-last map (B, H, W, C), got shape {tuple(x.shape)}; '
+                         f'pass an NCHW tensor as x.permute(0, 2, 3, 1)')
+    channels, size = x.shape[-1], weight.shape[-1]
+    if weight.shape != (channels, 1, size, size) or size % 2 == 0:
+        raise ValueError(f'depthwise_conv_silu needs a weight of shape ({channels}, 1, K, K) with K odd for x of '
+                         f'shape {tuple(x.shape)} (read as channel-last (B, H, W, C)), got {tuple(weight.shape)}')
+    if bias is not None and bias.shape != (channels,):
+        raise ValueError(f'depthwise_conv_silu needs a bias of shape ({channels},) or None, got {tuple(bias.shape)}')
+    if backend is None and torch.compiler.is_compiling():
+        name = 'reference'
+    else:
+        name = dispatch.resolve('depthwise_conv_silu', x, backend)
+    if name == 'triton':
+        weight = weight if weight.is_contiguous() else weight.contiguous()
+        return library.run(library.depthwise_conv_silu, _needs_grad(x, weight, bias), x, weight, bias, name)
+    return _python(name).depthwise_conv_silu(x, weight, bias)

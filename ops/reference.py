@@ -438,3 +438,25 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = F.layer_norm(x.to(compute), weight.shape, weight.to(compute), bias.to(compute), eps)
     return y.to(out_dtype or x.dtype)
+
+
+def add_layer_norm(residual: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float = 1e-5, out_dtype: torch.dtype | None = None, mask: torch.Tensor | None = None,
+                   mask_value: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, :func:`layer_norm` of s) for the residual sum s = residual + mask_value * mask[i] * branch
+    (``torch.addcmul``; mask: one entry per sample i of the first dim) or residual + branch without a mask."""
+    if mask is None:
+        total = residual + branch
+    else:
+        total = torch.addcmul(residual, branch, mask.view(-1, *(1,) * (residual.dim() - 1)), value=mask_value)
+    return total, layer_norm(total, weight, bias, eps, out_dtype)
+
+
+def depthwise_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """SiLU of a depthwise KxK convolution (stride 1, zero padding K // 2) of a channel-last map x (B, H, W, C), with
+    weight (C, 1, K, K) and bias (C,) rounded to x's dtype first (as autocast casts them); (B, H, W, C) in x's dtype."""
+    weight = weight if weight.dtype == x.dtype else weight.to(x.dtype)
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    z = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[-1])
+    return F.silu(z).permute(0, 2, 3, 1)

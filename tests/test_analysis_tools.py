@@ -281,6 +281,10 @@ def test_profile_block_parts_run_the_blocks_own_steps_on_its_intermediates(arch)
         if not block.op.gated:  # without the gate, out_proj's input is the whole of SS2D's output path
             out_proj, (y,) = parts['out_proj']
             assert torch.allclose(out_proj(y), block.op(block.norm(x)), atol=1e-6)
+        conv, (conv_in,) = parts['dwconv+silu']
+        pytorch_conv, (same_input,) = parts['dwconv+silu, PyTorch']
+        assert same_input is conv_in and torch.equal(conv(conv_in).permute(0, 3, 1, 2), conv_out)
+        assert torch.allclose(pytorch_conv(conv_in), conv_out, atol=1e-6)
 
 
 # --- benchmark ------------------------------------------------------------------------------------------------------
@@ -336,7 +340,8 @@ def test_benchmark_compares_with_swin_and_convnext(capsys):
 
 # the PyTorch calls one call of each Triton operator makes on the host (forward, backward), as docs/analysis.md
 # gives them: a change that adds calls to the operators' host path fails here
-OPERATOR_TORCH_CALLS = {'layer_norm': (4, 4), 'cross_selective_scan': (7, 36)}
+OPERATOR_TORCH_CALLS = {'layer_norm': (4, 4), 'add_layer_norm': (5, 5), 'cross_selective_scan': (7, 36),
+                        'depthwise_conv_silu': (1, 6)}
 
 
 def test_operators_make_no_more_torch_calls_than_documented():

@@ -268,3 +268,46 @@ def test_layer_norm_rejects_parameters_that_do_not_match_the_last_dim(shape, wei
     """The fast kernel would read past a short weight: every backend refuses, naming the shapes."""
     with pytest.raises(ValueError, match='weight and bias of shape'):
         ops.layer_norm(torch.randn(shape), torch.ones(weight), torch.zeros(bias))
+
+
+@pytest.mark.parametrize('x_shape,weight_shape,bias_shape,message', [
+    ((2, 8, 5, 6), (8, 1, 3, 3), None, r'weight of shape \(6, 1, K, K\)'),  # an NCHW x: its last dim is read as C
+    ((2, 5, 5, 8), (8, 1, 2, 2), None, 'K odd'),
+    ((2, 5, 5, 8), (8, 3, 3), None, r'weight of shape \(8, 1, K, K\)'),
+    ((2, 5, 5, 8), (8, 1, 3, 3), (4,), r'bias of shape \(8,\)'),
+    ((5, 5, 8), (8, 1, 3, 3), None, r'channel-last map \(B, H, W, C\)')])
+def test_depthwise_conv_silu_rejects_shapes_it_cannot_take(x_shape, weight_shape, bias_shape, message):
+    """Wrong layouts and parameter shapes are refused with what was expected, on every backend."""
+    bias = None if bias_shape is None else torch.zeros(bias_shape)
+    with pytest.raises(ValueError, match=message):
+        ops.depthwise_conv_silu(torch.randn(x_shape), torch.ones(weight_shape), bias)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_depthwise_conv_silu_equals_conv2d_then_silu(bias):
+    """The reference op is SS2D's nn.Conv2d (depthwise, padding 1) and SiLU on the channel-last map, in fp32 and under
+    bf16 autocast (weight and bias rounded as autocast rounds them), gradients included."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(12, 12, kernel_size=3, padding=1, groups=12, bias=bias)
+    x = torch.randn(2, 6, 7, 12, requires_grad=True)
+    for autocast in (False, True):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            source = x.bfloat16() if autocast else x
+            expected = F.silu(conv(source.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+            actual = ops.depthwise_conv_silu(source, conv.weight, conv.bias)
+        assert actual.dtype == expected.dtype and torch.equal(actual, expected)
+        grads = torch.autograd.grad(actual.float().square().sum(), [x, *conv.parameters()])
+        expected_grads = torch.autograd.grad(expected.float().square().sum(), [x, *conv.parameters()])
+        for got, want in zip(grads, expected_grads, strict=True):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize('branch_shape,weight,mask_shape,message', [
+    ((2, 3, 7), 8, None, r"branch of the residual's shape \(2, 3, 8\)"),
+    ((2, 3, 8), 7, None, r'weight and bias of shape \(8,\)'),
+    ((2, 3, 8), 8, (3,), r'one mask entry per sample: shape \(2,\)')])
+def test_add_layer_norm_rejects_shapes_it_cannot_take(branch_shape, weight, mask_shape, message):
+    mask = None if mask_shape is None else torch.ones(mask_shape)
+    with pytest.raises(ValueError, match=message):
+        ops.add_layer_norm(torch.randn(2, 3, 8), torch.randn(branch_shape), torch.ones(weight), torch.zeros(weight),
+                           mask=mask)

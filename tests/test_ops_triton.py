@@ -40,7 +40,7 @@ fused_scan = importlib.import_module(f'{ops.__name__}.triton_backend.cross_selec
 # the public ops with the Triton backend chosen
 tb = types.SimpleNamespace(**{name: functools.partial(getattr(ops, name), backend='triton')
                               for name in ('cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan',
-                                           'layer_norm')})
+                                           'layer_norm', 'add_layer_norm', 'depthwise_conv_silu')})
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _seeds = itertools.count(20260)
@@ -369,6 +369,133 @@ def interpreter_layer_norm(device='cpu'):
         norm._BWD_PROGRAMS = programs
 
 
+def check_add_layer_norm(shape, branch_dtype, out_dtype, masked, device, use_sum=True):
+    """The Triton residual add + LayerNorm against the float64 reference: the sum (float32), the norm (in
+    ``out_dtype``) and the gradients of residual, branch, weight and bias, from the gradients of both outputs (only
+    the norm's without ``use_sum``: the sum's own gradient absent)."""
+    g = make_generator(device)
+    n = shape[-1]
+    x = dict(residual=torch.randn(*shape, generator=g, device=device),
+             branch=torch.randn(*shape, generator=g, device=device).to(branch_dtype),
+             weight=torch.randn(n, generator=g, device=device) * 0.5 + 1,
+             bias=torch.randn(n, generator=g, device=device))
+    mask = (torch.arange(shape[0], device=device) % 2).float() if masked else None
+    extra = dict(eps=1e-5, out_dtype=out_dtype, mask=mask, mask_value=1 / 0.7 if masked else 1.0)
+    xs, xr = leaves(x), float64_leaves(x)
+    with poisoned_allocations():
+        total, normed = tb.add_layer_norm(**xs, **extra)
+    total_ref, normed_ref = reference.add_layer_norm(**xr, **{**extra, 'mask': None if mask is None else mask.double(),
+                                                              'out_dtype': torch.float64})
+    gs = torch.randn(shape, generator=g, device=device)
+    gy = torch.randn(shape, generator=g, device=device).to(out_dtype)
+    outputs, grads = ([total, normed], [gs, gy]) if use_sum else ([normed], [gy])
+    with poisoned_allocations():
+        torch.autograd.backward(outputs, grads)
+    torch.autograd.backward([total_ref, normed_ref] if use_sum else [normed_ref],
+                            [gs.double(), gy.double()] if use_sum else [gy.double()])
+    assert total.dtype == torch.float32 and normed.dtype == out_dtype and normed.shape == shape
+    tol = tolerance(out_dtype if branch_dtype == torch.float32 else branch_dtype)
+    errors = {'sum': rel_l2(total, total_ref), 'normed': rel_l2(normed, normed_ref)}
+    errors.update({f'd{name}': rel_l2(xs[name].grad, xr[name].grad) for name in x})
+    assert xs['branch'].grad.dtype == branch_dtype and xs['residual'].grad.dtype == torch.float32
+    if masked:  # a dropped sample's branch gets no gradient
+        assert not xs['branch'].grad[0].any() and xs['branch'].grad[1].any()
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f'rel. L2 errors over {tol}: {bad} (all: {errors})'
+
+
+def interpreter_add_layer_norm(device='cpu'):
+    """The residual add fused with the LayerNorm after it, as a VSS block with an MLP calls it: float32 residual
+    stream, bf16 branch and output under autocast (DropPath's mask: every other sample dropped), float32 throughout,
+    and a sum whose own gradient is absent."""
+    check_add_layer_norm((2, 3, 4, 40), torch.float32, torch.float32, False, device)
+    check_add_layer_norm((4, 3, 5, 24), torch.bfloat16, torch.bfloat16, True, device)
+    check_add_layer_norm((2, 7, 33), torch.float32, torch.float32, True, device, use_sum=False)
+    # as a custom operator under torch.compile (its fake implementation traced): equal to eager, gradients included
+    x = {'residual': torch.randn(2, 3, 16, device=device), 'branch': torch.randn(2, 3, 16, device=device),
+         'weight': torch.rand(16, device=device) + 0.5, 'bias': torch.randn(16, device=device)}
+    mask = torch.tensor([1.0, 0.0], device=device)
+
+    def add_norm(residual, branch, weight, bias):
+        total, normed = tb.add_layer_norm(residual, branch, weight, bias, mask=mask, mask_value=2.0)
+        return total.square().sum() + normed.float().sum() * 3
+
+    results = []
+    for fn in (add_norm, torch.compile(add_norm, backend='aot_eager', fullgraph=True)):
+        xs = leaves(x)
+        out = fn(**xs)
+        results.append((out, torch.autograd.grad(out, list(xs.values()))))
+    (out_eager, grads_eager), (out_compiled, grads_compiled) = results
+    assert torch.equal(out_compiled, out_eager)
+    for name, eager, compiled_grad in zip(x, grads_eager, grads_compiled, strict=True):
+        assert torch.allclose(compiled_grad, eager, rtol=1e-6, atol=1e-6), name
+
+
+def check_depthwise_conv_silu(batch, height, width, channels, size, dtype, device, bias=True, gated=False,
+                              tol=None):
+    """The Triton depthwise convolution + SiLU against the float64 reference (weight and bias rounded to x's dtype,
+    as the op defines): output and x, weight, bias gradients. ``gated``: x is the first half of a wider map's
+    channels, as SS2D's gated presets pass it (a view whose pixels are 2C apart)."""
+    g = make_generator(device)
+    wide = torch.randn(batch, height, width, 2 * channels if gated else channels, generator=g, device=device)
+    base = wide.to(dtype).requires_grad_()
+    weight = (torch.randn(channels, 1, size, size, generator=g, device=device) / size).requires_grad_()
+    b = torch.randn(channels, generator=g, device=device).requires_grad_() if bias else None
+    x = base[..., :channels]
+    with poisoned_allocations():
+        y = tb.depthwise_conv_silu(x, weight, b)
+    gy = torch.randn(y.shape, generator=g, device=device).to(dtype)
+    with poisoned_allocations():
+        y.backward(gy)
+    ref = {'x': x.detach().double().requires_grad_(), 'weight': weight.detach().to(dtype).double().requires_grad_(),
+           'bias': None if b is None else b.detach().to(dtype).double().requires_grad_()}
+    y_ref = reference.depthwise_conv_silu(ref['x'], ref['weight'], ref['bias'])
+    y_ref.backward(gy.double())
+    assert y.dtype == dtype and y.shape == (batch, height, width, channels) and y.is_contiguous()
+    assert base.grad.dtype == dtype and weight.grad.dtype == torch.float32
+    errors = {'y': rel_l2(y, y_ref), 'dx': rel_l2(base.grad[..., :channels], ref['x'].grad),
+              'dweight': rel_l2(weight.grad, ref['weight'].grad)}
+    if gated:
+        assert not base.grad[..., channels:].any()
+    if b is not None:
+        errors['dbias'] = rel_l2(b.grad, ref['bias'].grad)
+    tol = tol or tolerance(dtype)
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f'rel. L2 errors over {tol}: {bad} (all: {errors})'
+
+
+def check_depthwise_conv_silu_keeps_only_its_inputs(device):
+    """The backward recomputes the convolution's output from x: the op keeps x, the weight and the bias, not z (the
+    SiLU's input, which PyTorch's conv2d + silu keep besides x)."""
+    x = torch.randn(2, 4, 5, 8, device=device, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(8, 1, 3, 3, device=device, requires_grad=True)
+    bias = torch.randn(8, device=device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        tb.depthwise_conv_silu(x, weight, bias)
+    assert len(saved) == 3 and {t.data_ptr() for t in saved} == {x.data_ptr(), weight.data_ptr(), bias.data_ptr()}
+
+
+def interpreter_depthwise_conv(device='cpu'):
+    """SS2D's depthwise conv + SiLU: tiles cut across rows and channel blocks, no bias (the v2 presets), the gated
+    presets' strided input, a 5x5 kernel, one-pixel-wide and -high maps, and backward programs that walk several
+    tiles each. bf16 within 2e-2 here: the interpreter rounds float32 to bf16 by truncation (the GPU rounds to
+    nearest, test_depthwise_conv_silu_gpu)."""
+    check_depthwise_conv_silu(2, 5, 7, 6, 3, torch.float32, device, tol=1e-5)
+    check_depthwise_conv_silu(1, 3, 70, 72, 3, torch.float32, device, bias=False, tol=1e-5)
+    check_depthwise_conv_silu(2, 4, 3, 8, 5, torch.float32, device, gated=True, tol=1e-5)
+    check_depthwise_conv_silu(1, 1, 9, 4, 3, torch.float32, device, tol=1e-5)
+    check_depthwise_conv_silu(2, 6, 1, 4, 3, torch.float32, device, tol=1e-5)
+    check_depthwise_conv_silu(2, 6, 6, 8, 3, torch.bfloat16, device, tol=2e-2)
+    conv = importlib.import_module(f'{ops.__name__}.triton_backend.depthwise_conv')
+    programs, conv._BWD_PROGRAMS = conv._BWD_PROGRAMS, 3
+    try:
+        check_depthwise_conv_silu(2, 5, 4, 8, 3, torch.float32, device, tol=1e-5)
+    finally:
+        conv._BWD_PROGRAMS = programs
+    check_depthwise_conv_silu_keeps_only_its_inputs(device)
+
+
 def interpreter_compiled(device='cpu'):
     """The Triton operators as custom operators under torch.compile (their fake implementations traced, then run):
     a fused scan of A_logs, a cross-scan and -merge and a LayerNorm equal eager, outputs and every gradient. Custom
@@ -398,7 +525,8 @@ def interpreter_compiled(device='cpu'):
 INTERPRETER_CASES = {f.__name__: f for f in (interpreter_cross, interpreter_scan, interpreter_segments,
                                              interpreter_look_back, interpreter_fused, interpreter_fused_half,
                                              interpreter_fused_low_rank, interpreter_fused_bfloat16_states,
-                                             interpreter_layer_norm,
+                                             interpreter_layer_norm, interpreter_add_layer_norm,
+                                             interpreter_depthwise_conv,
                                              interpreter_compiled)}
 
 
@@ -536,6 +664,31 @@ def test_cross_scan_and_merge_gpu(shape, dtype):
                                                    ((5, 3072), F32, BF16)])
 def test_layer_norm_gpu(shape, dtype, out_dtype):
     check_layer_norm(shape, dtype, out_dtype, 'cuda')
+
+
+@gpu
+@pytest.mark.parametrize('shape,branch_dtype,out_dtype,masked', [((128, 56, 56, 96), BF16, BF16, True),
+                                                                 ((64, 14, 14, 384), F32, F32, False),
+                                                                 ((2, 7, 9, 768), BF16, BF16, True)])
+def test_add_layer_norm_gpu(shape, branch_dtype, out_dtype, masked):
+    check_add_layer_norm(shape, branch_dtype, out_dtype, masked, 'cuda')
+    check_add_layer_norm(shape, branch_dtype, out_dtype, masked, 'cuda', use_sum=False)
+
+
+@gpu
+@pytest.mark.parametrize('batch,height,width,channels,dtype,bias,gated', [
+    (2, 56, 56, 96, F32, False, False), (2, 56, 56, 96, BF16, False, False), (4, 28, 28, 192, F16, True, False),
+    (2, 7, 9, 768, BF16, True, True), (1, 200, 304, 96, BF16, False, False), (3, 1, 17, 40, F32, True, False)])
+def test_depthwise_conv_silu_gpu(batch, height, width, channels, dtype, bias, gated):
+    """Against the float64 reference, and in 16 bits against PyTorch's own conv2d + silu in that dtype (cuDNN, as
+    autocast runs them) within about a rounding."""
+    check_depthwise_conv_silu(batch, height, width, channels, 3, dtype, 'cuda', bias=bias, gated=gated)
+    if dtype != F32:
+        g = make_generator('cuda')
+        x = torch.randn(batch, height, width, channels, generator=g, device='cuda').to(dtype)
+        weight = torch.randn(channels, 1, 3, 3, generator=g, device='cuda') / 3
+        assert rel_l2(tb.depthwise_conv_silu(x, weight), reference.depthwise_conv_silu(x, weight)) <= 5e-3
+    check_depthwise_conv_silu_keeps_only_its_inputs('cuda')
 
 
 @gpu

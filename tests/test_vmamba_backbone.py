@@ -297,3 +297,30 @@ def test_scan_output_reaches_out_norm_in_float32_under_autocast():
         normed = ss2d.out_norm(scanned)
     assert scanned.dtype == torch.float32 and scanned.shape == (1, 5, 6, 16)
     assert normed.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16-autocast'])
+def test_block_with_mlp_fuses_its_first_residual_add_into_norm2_exactly(autocast):
+    """A VSS block with an MLP runs its first residual add (with DropPath) and norm2 as one operator; in training,
+    with samples dropped, it computes exactly the separate add and norm of the authors' block, gradients included."""
+    from mmvmamba.ops import layer_norm
+    torch.manual_seed(0)
+    block = VMamba(SMALL_V2, drop_path_rate=0.5).train().layers[2].blocks[1]
+    assert block.mlp_ratio > 0 and block.drop_path.drop_prob > 0
+    x = torch.randn(8, 3, 5, block.norm.weight.shape[0], requires_grad=True)
+
+    def unfused(x):
+        x = block.drop_path.add(x, block.op(block.norm(x)))
+        normed = layer_norm(x, block.norm2.weight, block.norm2.bias, block.norm2.eps, block.norm2._out_dtype(x))
+        return block.drop_path.add(x, block.mlp(normed))
+
+    results = []
+    for fn in (block, unfused):
+        torch.manual_seed(1)  # the same DropPath masks
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = fn(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, *block.parameters()])))
+    (out, grads), (expected, expected_grads) = results
+    assert torch.equal(out, expected) and not torch.equal(out, x)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.equal(got, want)

@@ -21,9 +21,10 @@ from collections.abc import Callable
 os.environ['TRITON_INTERPRET'] = '1'  # before triton is imported: the backend runs on CPU tensors
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from mmvmamba.models.backbones.vmamba import SS2D, LayerNorm  # noqa: E402
-from mmvmamba.ops import dispatch, use_backend  # noqa: E402
+from mmvmamba.ops import depthwise_conv_silu, dispatch, use_backend  # noqa: E402
 from mmvmamba.utils.cli import format_table  # noqa: E402
 from mmvmamba.utils.timing import time_step  # noqa: E402
 
@@ -54,24 +55,35 @@ def torch_calls(fn: Callable[[], object]) -> int:
     return sum(1 for e in events if e.cpu_parent is None or id(e.cpu_parent) not in ids)
 
 
-class Op:
-    """One operator as a block calls it: ``forward()`` returns the output, ``backward(out, grad)`` runs its
-    backward."""
+Outputs = torch.Tensor | tuple[torch.Tensor, ...]
 
-    def __init__(self, forward: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]):
+
+class Op:
+    """One operator as a block calls it: ``forward()`` returns the output (or outputs, all used), ``backward(out,
+    grad)`` runs its backward."""
+
+    def __init__(self, forward: Callable[[], Outputs], inputs: tuple[torch.Tensor, ...]):
         self.forward_fn, self.inputs = forward, inputs
 
-    def forward(self) -> torch.Tensor:
+    def forward(self) -> Outputs:
         with torch.autocast('cpu', dtype=torch.bfloat16):
             return self.forward_fn()
 
-    def backward(self, out: torch.Tensor, grad: torch.Tensor) -> None:
+    def zero_grad_outputs(self) -> Outputs:
+        """Zero gradients for the outputs of :meth:`forward`."""
+        out = self.forward()
+        return tuple(map(torch.zeros_like, out)) if isinstance(out, tuple) else torch.zeros_like(out)
+
+    def backward(self, out: Outputs, grad: Outputs) -> None:
         torch.autograd.grad(out, self.inputs, grad)  # no accumulation into .grad, as for a block's inner tensors
 
 
 def block_ops(batch: int, channels: int, size: int) -> dict[str, Op]:
-    """VMamba's two Triton operators with the inputs a VSS block gives them: the LayerNorm before a Linear (float32
-    residual stream in, bf16 out) and the fused cross selective scan (bf16 maps in the model's channel-last views)."""
+    """VMamba's Triton operators with the inputs a VSS block gives them: the LayerNorm before a Linear (float32
+    residual stream in, bf16 out); the same fused with the residual add before it, and for comparison the add and the
+    norm apart (with the add that sums the gradients of the sum's two uses); the fused cross selective scan (bf16
+    maps in the model's channel-last views); the depthwise convolution with its SiLU (bf16 in_proj output), and for
+    comparison the PyTorch calls that it replaces (run on the CPU here: their count, not cuDNN's host cost)."""
     torch.manual_seed(0)
     norm = LayerNorm(channels, linear_input=True)
     stream = torch.randn(batch, size, size, channels, requires_grad=True)
@@ -80,11 +92,23 @@ def block_ops(batch: int, channels: int, size: int) -> dict[str, Op]:
         x = torch.randn(batch, size, size, channels, dtype=torch.bfloat16).permute(0, 3, 1, 2)
         dt_low, b, c = ss2d.project(x)
     leaves = tuple(t.detach().requires_grad_() for t in (x, dt_low, b, c))
+    projected = torch.randn(batch, size, size, channels, dtype=torch.bfloat16, requires_grad=True)
+    conv = ss2d.conv2d
+    branch = torch.randn(batch, size, size, channels, dtype=torch.bfloat16, requires_grad=True)
+    mask = torch.ones(batch)  # DropPath's keep mask, nothing dropped
+
+    def add_then_norm() -> tuple[torch.Tensor, torch.Tensor]:
+        total = torch.addcmul(stream, branch, mask.view(-1, 1, 1, 1), value=1.25)
+        return total, norm(total)
     return {'layer_norm': Op(lambda: norm(stream), (stream,)),
-            'cross_selective_scan': Op(lambda: ss2d.selective_scan(*leaves), leaves)}
+            'add_layer_norm': Op(lambda: norm.add_forward(stream, branch, mask, 1.25), (stream, branch)),
+            'addcmul + layer_norm (unfused)': Op(add_then_norm, (stream, branch)),
+            'cross_selective_scan': Op(lambda: ss2d.selective_scan(*leaves), leaves),
+            'depthwise_conv_silu': Op(lambda: depthwise_conv_silu(projected, conv.weight, conv.bias), (projected,)),
+            'conv2d + silu (PyTorch)': Op(lambda: F.silu(conv(projected.permute(0, 3, 1, 2))), (projected,))}
 
 
-def backward_us(op: Op, grad: torch.Tensor, calls: int, repeats: int) -> float:
+def backward_us(op: Op, grad: Outputs, calls: int, repeats: int) -> float:
     """Median over ``repeats`` of the wall time of one backward of ``op`` with output gradient ``grad``, in
     microseconds (the forwards whose graphs they run are made before the timing)."""
     outs = iter([op.forward() for _ in range(calls * repeats + 1)])
@@ -97,7 +121,7 @@ def measure(ops: dict[str, Op], calls: int, repeats: int) -> list[list[str]]:
     rows = []
     with use_backend('triton'), triton_backend.layout_only():
         for name, op in ops.items():
-            grad = torch.zeros_like(op.forward())
+            grad = op.zero_grad_outputs()
             forward_calls = torch_calls(op.forward)
             backward_calls = torch_calls(lambda op=op, grad=grad: op.backward(op.forward(), grad)) - forward_calls
             rows.append([name, f'{median_us(op.forward, calls, repeats):.1f}',

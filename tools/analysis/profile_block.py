@@ -2,8 +2,10 @@
 
 Builds one block per stage of a preset at the stage's feature size, runs each part on its own input under bf16
 autocast (or fp32), times with CUDA events (median of repeats after warm-up) and prints one table per stage plus a
-total over the whole model (part time x blocks per stage). ``--trace`` instead profiles whole training steps of the
-1000-class classifier (forward, backward, AdamW) with torch.profiler and prints the CUDA kernels by total time.
+total over the whole model (part time x blocks per stage). The last row, not part of the block, is the depthwise
+convolution and SiLU as PyTorch runs them (cuDNN), against the block's own operator. ``--trace`` instead profiles
+whole training steps of the 1000-class classifier (forward, backward, AdamW) with torch.profiler and prints the CUDA
+kernels by total time.
 
     python tools/analysis/profile_block.py --arch tiny --batch 128 --size 224
     python tools/analysis/profile_block.py --arch tiny --batch 2 --size 800 1216 --dtype fp32
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvmamba.models import VMamba, VMambaClassifier
-from mmvmamba.ops import use_backend
+from mmvmamba.ops import depthwise_conv_silu, use_backend
 from mmvmamba.utils.cli import format_table
 from mmvmamba.utils.timing import time_step
 
@@ -50,8 +52,8 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
     with torch.no_grad():
         normed = block.norm(x)
         projected = op.in_proj(normed)
-        conv_in = projected[..., :op.d_inner].permute(0, 3, 1, 2)
-        conv_out = F.silu(op.conv2d(conv_in))
+        conv_in = projected[..., :op.d_inner]
+        conv_out = depthwise_conv_silu(conv_in, op.conv2d.weight, op.conv2d.bias).permute(0, 3, 1, 2)
         dt_low, b, c = op.project(conv_out)
         scanned = op.selective_scan(conv_out, dt_low, b, c)
         y = op.out_norm(scanned).to(conv_out.dtype)
@@ -60,10 +62,14 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
         with use_backend(backend):
             return op.selective_scan(*inputs)
 
+    def conv(t: torch.Tensor) -> torch.Tensor:
+        with use_backend(backend):
+            return depthwise_conv_silu(t, op.conv2d.weight, op.conv2d.bias)
+
     parts = {
         'norm': (block.norm, (x,)),
         'in_proj': (op.in_proj, (normed,)),
-        'dwconv+silu': (lambda t: F.silu(op.conv2d(t)), (conv_in,)),
+        'dwconv+silu': (conv, (conv_in,)),
         'x_proj': (op.project, (conv_out,)),
         'dt_proj+scan': (scan, (conv_out, dt_low, b, c)),
         'out_norm': (lambda t: op.out_norm(t).to(conv_out.dtype), (scanned,)),
@@ -73,6 +79,8 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
         parts['norm2'] = (block.norm2, (x,))
         parts['mlp'] = (block.mlp, (normed,))
     parts['block'] = (block, (x,))
+    # what the block ran before its own depthwise-conv operator (cuDNN's convolution on CUDA), for comparison
+    parts['dwconv+silu, PyTorch'] = (lambda t: F.silu(op.conv2d(t.permute(0, 3, 1, 2))), (conv_in,))
     return parts
 
 

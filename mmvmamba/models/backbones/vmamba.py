@@ -18,7 +18,7 @@ import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
-from mmvmamba.ops import cross_selective_scan, layer_norm
+from mmvmamba.ops import add_layer_norm, cross_selective_scan, depthwise_conv_silu, layer_norm
 
 ROUTES = 4  # cross-scan directions
 MIN_INPUT_SIZE = 32  # one stride of the last stage
@@ -114,15 +114,20 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = drop_prob
 
+    def mask(self, residual: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+        """A training step's per-sample keep mask (B,) and 1 / keep, or (None, 1.0) where nothing is dropped."""
+        if self.drop_prob == 0.0 or not self.training:
+            return None, 1.0
+        keep = 1.0 - self.drop_prob
+        return residual.new_empty(residual.shape[0]).bernoulli_(keep), 1.0 / keep
+
     def add(self, residual: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         """residual + DropPath(branch) in one kernel: the per-sample keep mask and 1 / keep are applied inside
         ``addcmul``."""
-        if self.drop_prob == 0.0 or not self.training:
+        mask, value = self.mask(residual)
+        if mask is None:
             return residual + branch
-        keep = 1.0 - self.drop_prob
-        shape = (branch.shape[0],) + (1,) * (branch.dim() - 1)
-        mask = residual.new_empty(shape).bernoulli_(keep)
-        return torch.addcmul(residual, branch, mask, value=1.0 / keep)
+        return torch.addcmul(residual, branch, mask.view(-1, *(1,) * (branch.dim() - 1)), value=value)
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
@@ -140,12 +145,20 @@ class LayerNorm(nn.LayerNorm):
         self.linear_input = linear_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x))
+
+    def add_forward(self, residual: torch.Tensor, branch: torch.Tensor, mask: torch.Tensor | None = None,
+                    mask_value: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, this norm of s) for the residual sum s = residual + mask_value * mask[i] * branch (DropPath's, see
+        :meth:`DropPath.mask`): the add and the norm in one operator (:func:`mmvmamba.ops.add_layer_norm`)."""
+        return add_layer_norm(residual, branch, self.weight, self.bias, self.eps, self._out_dtype(residual), mask,
+                              mask_value)
+
+    def _out_dtype(self, x: torch.Tensor) -> torch.dtype:
         device = x.device.type
         if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device) if self.linear_input else torch.float32
-        else:
-            dtype = x.dtype
-        return layer_norm(x, self.weight, self.bias, self.eps, dtype)
+            return torch.get_autocast_dtype(device) if self.linear_input else torch.float32
+        return x.dtype
 
 
 def _has_symbolic_sizes(example_inputs: list) -> bool:
@@ -201,7 +214,8 @@ def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
 class SS2D(nn.Module):
     """2D selective scan: in_proj -> depthwise conv -> four-route selective scan -> out_norm (-> gate) -> out_proj.
 
-    Input and output are channel-last (B, H, W, C).
+    Input and output are channel-last (B, H, W, C). ``conv2d`` holds the depthwise convolution's parameters (the
+    authors' keys); it runs, with the SiLU after it, as one operator (:func:`mmvmamba.ops.depthwise_conv_silu`).
     """
 
     def __init__(self, dim: int, d_state: int, ssm_ratio: float, gated: bool, conv_bias: bool,
@@ -230,7 +244,7 @@ class SS2D(nn.Module):
         x = self.in_proj(x)
         if self.gated:
             x, z = x.chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
+        x = depthwise_conv_silu(x, self.conv2d.weight, self.conv2d.bias).permute(0, 3, 1, 2)
         y = self.out_norm(self.scan(x)).to(x.dtype)
         if self.gated:
             y = y * F.silu(z)
@@ -292,10 +306,11 @@ class VSSBlock(nn.Module):
             self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop_path.add(x, self.op(self.norm(x)))
-        if self.mlp_ratio > 0:
-            x = self.drop_path.add(x, self.mlp(self.norm2(x)))
-        return x
+        branch = self.op(self.norm(x))
+        if self.mlp_ratio == 0:
+            return self.drop_path.add(x, branch)
+        x, normed = self.norm2.add_forward(x, branch, *self.drop_path.mask(x))  # the first residual add and norm2
+        return self.drop_path.add(x, self.mlp(normed))
 
 
 class PatchMerging(nn.Module):
