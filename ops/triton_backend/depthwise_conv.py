@@ -78,15 +78,17 @@ def _dwconv_silu_bwd_dz(x_ptr, w_ptr, bias_ptr, dy_ptr, dz_ptr, partials_ptr,
                         H, W, channels, n_wblk, n_tiles,
                         K: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr,
                         ROUND: tl.constexpr):
-    """dz = dy * SiLU'(z) (z recomputed), written float32 contiguous, and this program's partial sums of the
-    weight gradient (sum of dz times each tap) and of the bias gradient (sum of dz) over the tiles pid, pid +
-    programs, ...: row pid of the (programs, C * K * K + C) partials, weight's in its (C, K * K) order."""
+    """dz = dy * SiLU'(z) (z recomputed), written contiguous in dz's dtype (x's, as autocast's SiLU backward gives
+    it), and this program's partial sums of the weight gradient (sum of dz times each tap) and of the bias gradient
+    (sum of dz) over the tiles pid, pid + programs, ...: row pid of the (programs, C * K * K + C) partials, weight's
+    in its (C, K * K) order. The sums use dz in float32 and are kept per element until the program's last tile (one
+    reduction over the tile's pixels a program, not one a tile)."""
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     mc = c < channels
     dw = ()
     for _ in tl.static_range(K * K):
-        dw = dw + (tl.zeros((BC,), tl.float32),)
-    db = tl.zeros((BC,), tl.float32)
+        dw = dw + (tl.zeros((BW, BC), tl.float32),)
+    db = tl.zeros((BW, BC), tl.float32)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         b, h, w = _tile(tile, H, n_wblk, BW)
         z, taps = _conv(x_ptr, w_ptr, bias_ptr, b, h, w, c, mc, H, W, s_xb, s_xh, s_xw, K, HAS_BIAS, ROUND)
@@ -95,24 +97,24 @@ def _dwconv_silu_bwd_dz(x_ptr, w_ptr, bias_ptr, dy_ptr, dz_ptr, partials_ptr,
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         s = tl.sigmoid(z)
         dz = dy * s * (1.0 + z * (1.0 - s))
-        tl.store(dz_ptr + offs, dz, mask=mask)
+        tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
         new_dw = ()
         for i in tl.static_range(K * K):
-            new_dw = new_dw + (dw[i] + tl.sum(dz * taps[i], 0),)
+            new_dw = new_dw + (dw[i] + dz * taps[i],)
         dw = new_dw
-        db += tl.sum(dz, 0)
+        db += dz
     row = partials_ptr + tl.program_id(0).to(tl.int64) * (channels * (K * K + 1))
     for i in tl.static_range(K * K):
-        tl.store(row + c * (K * K) + i, dw[i], mask=mc)
-    tl.store(row + channels * (K * K) + c, db, mask=mc)
+        tl.store(row + c * (K * K) + i, tl.sum(dw[i], 0), mask=mc)
+    tl.store(row + channels * (K * K) + c, tl.sum(db, 0), mask=mc)
 
 
 @triton.jit
 def _dwconv_bwd_dx(dz_ptr, w_ptr, dx_ptr,
                    H, W, channels, n_wblk,
                    K: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr, ROUND: tl.constexpr):
-    """dx = the transposed convolution of dz (contiguous float32) with the weight (rounded to dx's dtype when ROUND,
-    as the forward used it), one tile; dx is contiguous (B, H, W, C)."""
+    """dx = the transposed convolution of dz (contiguous) with the weight (rounded to dx's dtype when ROUND, as the
+    forward used it), one tile; dx is contiguous (B, H, W, C)."""
     b, h, w = _tile(tl.program_id(0), H, n_wblk, BW)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     mc = c < channels
@@ -125,7 +127,7 @@ def _dwconv_bwd_dx(dz_ptr, w_ptr, dx_ptr,
             ww = w - kw + pad
             ok = row_ok & (ww >= 0) & (ww < W)
             dz = tl.load(dz_ptr + ((b * H + hh) * W + ww[:, None]) * channels + c[None, :],
-                         mask=ok[:, None] & mc[None, :], other=0.0)
+                         mask=ok[:, None] & mc[None, :], other=0.0).to(tl.float32)
             weight = tl.load(w_ptr + c * (K * K) + kh * K + kw, mask=mc, other=0.0)
             if ROUND:
                 weight = weight.to(dx_ptr.dtype.element_ty)
@@ -135,8 +137,14 @@ def _dwconv_bwd_dx(dz_ptr, w_ptr, dx_ptr,
 
 
 def _tiles(width: int, channels: int) -> tuple[int, int]:
-    """(BW, BC): up to 64 channels a tile (128 bytes of a bf16 pixel), about 1024 elements."""
+    """(BW, BC): about 1024 elements a tile, up to 64 channels (128 bytes of a bf16 pixel), the widest power of two
+    that divides the channels where one of 8 or more does (96 channels: 3 blocks of 32, not 2 of 64 with a quarter
+    masked off)."""
     block_c = min(64, next_power_of_2(channels))
+    while block_c > 8 and channels % block_c:
+        block_c //= 2
+    if channels % block_c:
+        block_c = min(64, next_power_of_2(channels))
     return min(next_power_of_2(width), max(1, 1024 // block_c)), block_c
 
 
@@ -179,7 +187,7 @@ def depthwise_conv_silu_backward(grad: torch.Tensor, x: torch.Tensor, weight: to
     kernel_size = weight.shape[-1]
     n_cblk, n_wblk = cdiv(channels, block_c), cdiv(width, block_w)
     programs = min(n_tiles, cdiv(_BWD_PROGRAMS, n_cblk))
-    dz = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+    dz = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     # the weight's and the bias's partial sums, one row a program: one sum makes both gradients
     partials = torch.empty(programs, channels * (kernel_size ** 2 + 1), device=x.device, dtype=torch.float32)
     launch(_dwconv_silu_bwd_dz, (programs, n_cblk), x.device, x_ptr=x, w_ptr=weight,
