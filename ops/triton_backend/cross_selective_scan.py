@@ -9,10 +9,22 @@ The chunk states kept for the backward are stored in bfloat16 when x is bf16 or 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from .scan import Geometry, Operand, cast, launch_backward, launch_forward, new_states, scan_config
+from .scan import (
+    Geometry,
+    Operand,
+    backward_flags,
+    cast,
+    launch_backward,
+    launch_forward,
+    new_states,
+    scan_config,
+    zeroed_gradients,
+)
 
 ROUTES = 4
 # The largest dt_proj rank the forward kernel expands itself (its route's weight slice held in registers, one
@@ -26,6 +38,14 @@ def _positions_flat(t: torch.Tensor) -> torch.Tensor:
     positions by their row-major index)."""
     height, width = t.shape[-2:]
     return t if height == 1 or width == 1 or t.stride(-2) == width * t.stride(-1) else t.contiguous()
+
+
+def _dense_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """t's strides where t is contiguous or channel-last (the layout the model passes), else the contiguous ones: a
+    gradient laid out as ``torch.empty_like(t)`` would lay it out for the inputs this op sees."""
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t.stride()
+    return torch.empty(t.shape, device='meta').stride()
 
 
 def _image_operand(t: torch.Tensor) -> Operand:
@@ -125,16 +145,20 @@ def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, de
         full = _expand(low, weight, delta.shape)
     geo, cfg = _geometry(x, A)
     A_c, D_c, bias_c = (None if p is None else p.contiguous() for p in (A, D, delta_bias))
-    dx = torch.zeros_like(x, dtype=torch.float32)
     dfull = torch.empty_like(full)
-    # the gradients of B and C: float32 zeros (one memset) that the kernel adds into, then cast in one copy
-    dBC = torch.zeros(2, geo.batch, geo.height, geo.width, ROUTES, geo.n_state, device=x.device,
-                      dtype=torch.float32)
+    # the gradients that the kernel adds into, zeroed with one memset: A's, D's, the bias's, its flags, x's (float32,
+    # x's layout) and those of B and C (float32 (2, batch, H, W, 4, N), cast in one copy afterwards)
+    bc_shape = (2, geo.batch, geo.height, geo.width, ROUTES, geo.n_state)
+    *zeroed, dx, dBC = zeroed_gradients(A_c, D is not None, delta_bias is not None, backward_flags(geo, cfg),
+                                        (x.numel(), math.prod(bc_shape)))
+    dx = dx.as_strided(x.shape, _dense_strides(x))
+    dBC = dBC.view(bc_shape)
     dB_operand, dC_operand = _route_state_operands(dBC)
     operands = dict(u=_image_operand(x), delta=_image_operand(full), B=_image_operand(B), C=_image_operand(C),
                     gy=_merged_operand(grad_out), du=_image_operand(dx), ddelta=_image_operand(dfull),
                     dB=dB_operand, dC=dC_operand)
-    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, A_is_log)
+    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, A_is_log,
+                                    tuple(zeroed))
     ddelta, dweight = dfull, None
     if delta_weight is not None:
         batch, routes, rank, height, width = delta.shape

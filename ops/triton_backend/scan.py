@@ -205,34 +205,45 @@ def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def zeroed_gradients(A: torch.Tensor, has_d: bool, has_bias: bool, flag_count: int
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """Zeroed float32 buffers for the gradients of A (A's shape), D and delta_bias (None where absent), and at
-    least ``flag_count`` zeroed int32 flags: views of one allocation (one memset) made by one split, each starting
-    on a 16-byte boundary (the fused op's sizes, multiples of 4 channels, need no further view)."""
+def zeroed_gradients(A: torch.Tensor, has_d: bool, has_bias: bool, flag_count: int, extra_sizes: tuple[int, ...] = ()
+                     ) -> tuple[torch.Tensor | None, ...]:
+    """Zeroed float32 buffers for the gradients of A (A's shape), D and delta_bias (None where absent), at least
+    ``flag_count`` zeroed int32 flags, and flat float32 buffers of ``extra_sizes`` elements (the caller's gradients
+    that the kernel adds into): views of one allocation (one memset) made by one split, each starting on a 16-byte
+    boundary (the fused op's sizes, multiples of 4 channels, need no further view)."""
     channels = A.shape[0]
-    sizes = [A.numel(), channels if has_d else 0, channels if has_bias else 0, flag_count]
+    sizes = [A.numel(), channels if has_d else 0, channels if has_bias else 0, *extra_sizes, flag_count]
     padded = [-(-size // 4) * 4 for size in sizes]
     parts = torch.zeros(sum(padded), device=A.device, dtype=torch.float32).split(padded)
-    grad_a, grad_d, grad_bias = (part if size == pad else part[:size]
-                                 for part, size, pad in zip(parts[:3], sizes[:3], padded[:3], strict=True))
-    flags = parts[3]  # all of it: the padding is more zeroed flags
+    grad_a, grad_d, grad_bias, *extras = (part if size == pad else part[:size]
+                                          for part, size, pad in zip(parts[:-1], sizes[:-1], padded[:-1],
+                                                                     strict=True))
+    flags = parts[-1]  # all of it: the padding is more zeroed flags
     return (grad_a.view(A.shape), grad_d if has_d else None, grad_bias if has_bias else None,
-            flags.view(torch.int32))
+            flags.view(torch.int32), *extras)
+
+
+def backward_flags(geo: Geometry, cfg: TileConfig) -> int:
+    """How many zeroed int32 flags the backward kernel needs (its rows' look-back flags and the ticket counter)."""
+    _, n_cblk, n_chunks = geo.sizes(cfg)
+    rows = geo.batch * geo.routes * n_cblk
+    return rows * _segments(rows, n_chunks, 1, cfg)[1] + 1
 
 
 def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool,
-                    states: torch.Tensor, cfg: TileConfig, A_is_log: bool = False) -> tuple[torch.Tensor, ...]:
+                    states: torch.Tensor, cfg: TileConfig, A_is_log: bool = False,
+                    zeroed: tuple[torch.Tensor | None, ...] | None = None) -> tuple[torch.Tensor, ...]:
     """Run the backward scan kernel: the gradients of the strided operands go into operands 'du', 'ddelta', 'dB',
     'dC'; returns the float32 gradients of (A, D, delta_bias) (None where absent; A's that of its log with
-    ``A_is_log``), which the kernel adds into zeroed buffers (one memset with its look-back flags)."""
+    ``A_is_log``), which the kernel adds into zeroed buffers with its look-back flags: ``zeroed``, the first four
+    results of :func:`zeroed_gradients` with :func:`backward_flags` flags, or made here (one memset)."""
     n_pad, n_cblk, n_chunks = geo.sizes(cfg)
     if states.shape[1:] != (n_chunks + 1, n_pad, cfg.BC):
         raise RuntimeError('selective scan backward: the tile configuration changed since the forward')
     check_offsets(geo, operands)
     rows = geo.batch * geo.routes * n_cblk
     seg_chunks, n_seg = _segments(rows, n_chunks, 1, cfg)
-    dA, dD, dbias, flags = zeroed_gradients(A, D is not None, delta_bias is not None, rows * n_seg + 1)
+    dA, dD, dbias, flags = zeroed or zeroed_gradients(A, D is not None, delta_bias is not None, rows * n_seg + 1)
     # the segments' look-back status, read only where rows are cut into segments (else any float32 tensor)
     status = (torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=A.device, dtype=torch.float32) if n_seg > 1
               else dA)

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import torch
 
-from .scan import Geometry, Operand, launch_backward, launch_forward, new_states, scan_config
+from .scan import (
+    Geometry,
+    Operand,
+    backward_flags,
+    launch_backward,
+    launch_forward,
+    new_states,
+    scan_config,
+    zeroed_gradients,
+)
 
 
 def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> Geometry:
@@ -68,11 +77,15 @@ def selective_scan_backward(grad_y, u, delta, A, B, C, D, delta_bias, states, de
     A_c, D_c, bias_c = _parameters(A, D, delta_bias)
     u, delta, grad_y = _channels_fastest(u), _channels_fastest(delta), _channels_fastest(grad_y)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dB, dC = torch.zeros((2, *B.shape), device=B.device, dtype=torch.float32)  # B and C have one shape
+    # the gradients the kernel adds into, zeroed with one memset: A's, D's, the bias's, its flags, B's and C's
+    *zeroed, dBC = zeroed_gradients(A_c, D is not None, delta_bias is not None, backward_flags(geo, cfg),
+                                    (2 * B.numel(),))
+    dB, dC = dBC.view(2, *B.shape)  # B and C have one shape
     g = geo.routes
     operands = dict(u=_seq_operand(u, g), delta=_seq_operand(delta, g), B=_state_operand(B), C=_state_operand(C),
                     gy=_seq_operand(grad_y, g), du=_seq_operand(du, g), ddelta=_seq_operand(ddelta, g),
                     dB=_state_operand(dB), dC=_state_operand(dC))
-    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg)
+    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg,
+                                    zeroed=tuple(zeroed))
     return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
             None if delta_bias is None else dbias.to(delta_bias.dtype))
