@@ -281,6 +281,11 @@ def test_profile_block_parts_run_the_blocks_own_steps_on_its_intermediates(arch)
         if not block.op.gated:  # without the gate, out_proj's input is the whole of SS2D's output path
             out_proj, (y,) = parts['out_proj']
             assert torch.allclose(out_proj(y), block.op(block.norm(x)), atol=1e-6)
+        if block.mlp_ratio > 0:
+            add_norm, (residual, branch) = parts['residual+norm2']
+            assert residual is x and torch.equal(branch, block.op(block.norm(x)))
+            total, normed2 = add_norm(residual, branch)
+            assert torch.equal(total, x + branch) and torch.equal(normed2, block.norm2(x + branch))
         conv, (conv_in,) = parts['dwconv+silu']
         pytorch_conv, (same_input,) = parts['dwconv+silu, PyTorch']
         assert same_input is conv_in and torch.equal(conv(conv_in).permute(0, 3, 1, 2), conv_out)

@@ -57,6 +57,7 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
         dt_low, b, c = op.project(conv_out)
         scanned = op.selective_scan(conv_out, dt_low, b, c)
         y = op.out_norm(scanned).to(conv_out.dtype)
+        branch = op.out_proj(y)
 
     def scan(*inputs: torch.Tensor) -> torch.Tensor:  # dt_proj included: the scan takes the rank-R delta
         with use_backend(backend):
@@ -75,8 +76,8 @@ def block_parts(block, x: torch.Tensor, backend: str | None) -> dict[str, tuple[
         'out_norm': (lambda t: op.out_norm(t).to(conv_out.dtype), (scanned,)),
         'out_proj': (op.out_proj, (y,)),
     }
-    if block.mlp_ratio > 0:
-        parts['norm2'] = (block.norm2, (x,))
+    if block.mlp_ratio > 0:  # the first residual add runs inside norm2's operator
+        parts['residual+norm2'] = (block.norm2.add_forward, (x, branch))
         parts['mlp'] = (block.mlp, (normed,))
     parts['block'] = (block, (x,))
     # what the block ran before its own depthwise-conv operator (cuDNN's convolution on CUDA), for comparison
