@@ -19,6 +19,9 @@ import triton.language as tl
 from .launch import cdiv, launch, next_power_of_2
 
 _BWD_PROGRAMS = 1024  # the weight gradient's partial sums: enough programs to fill the GPU, few partials to add
+# elements a tile: the forward and the input gradient's kernel keep one accumulator tile; the backward's first kernel
+# keeps K * K input taps and as many weight-gradient sums per element, so it takes half the tile (4 elements a thread)
+_TILE, _BWD_TILE = 1024, 512
 
 
 @triton.jit
@@ -136,8 +139,8 @@ def _dwconv_bwd_dx(dz_ptr, w_ptr, dx_ptr,
     tl.store(dx_ptr + offs, acc.to(dx_ptr.dtype.element_ty), mask=(w < W)[:, None] & mc[None, :])
 
 
-def _tiles(width: int, channels: int) -> tuple[int, int]:
-    """(BW, BC): about 1024 elements a tile, up to 64 channels (128 bytes of a bf16 pixel), the widest power of two
+def _tiles(width: int, channels: int, elements: int) -> tuple[int, int]:
+    """(BW, BC): about ``elements`` a tile, up to 64 channels (128 bytes of a bf16 pixel), the widest power of two
     that divides the channels where one of 8 or more does (96 channels: 3 blocks of 32, not 2 of 64 with a quarter
     masked off)."""
     block_c = min(64, next_power_of_2(channels))
@@ -145,7 +148,7 @@ def _tiles(width: int, channels: int) -> tuple[int, int]:
         block_c //= 2
     if channels % block_c:
         block_c = min(64, next_power_of_2(channels))
-    return min(next_power_of_2(width), max(1, 1024 // block_c)), block_c
+    return min(next_power_of_2(width), max(1, elements // block_c)), block_c
 
 
 def _channels_inner(x: torch.Tensor) -> torch.Tensor:
@@ -154,10 +157,10 @@ def _channels_inner(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
 
 
-def _geometry(x: torch.Tensor) -> tuple[int, int, int, int, int, int, int]:
-    """(B, H, W, C, BW, BC, tiles of one channel block)."""
+def _geometry(x: torch.Tensor, elements: int) -> tuple[int, int, int, int, int, int, int]:
+    """(B, H, W, C, BW, BC, tiles of one channel block) for tiles of about ``elements``."""
     batch, height, width, channels = x.shape
-    block_w, block_c = _tiles(width, channels)
+    block_w, block_c = _tiles(width, channels, elements)
     return batch, height, width, channels, block_w, block_c, batch * height * cdiv(width, block_w)
 
 
@@ -169,7 +172,7 @@ def depthwise_conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: tor
     """SiLU(depthwise conv of x (B, H, W, C) with weight (C, 1, K, K), bias (C,) or None), contiguous (B, H, W, C) in
     x's dtype."""
     x = _channels_inner(x)
-    batch, height, width, channels, block_w, block_c, n_tiles = _geometry(x)
+    batch, height, width, channels, block_w, block_c, n_tiles = _geometry(x, _TILE)
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     launch(_dwconv_silu_fwd, (n_tiles, cdiv(channels, block_c)), x.device, x_ptr=x, w_ptr=weight,
            bias_ptr=weight if bias is None else bias, y_ptr=y, s_xb=x.stride(0), s_xh=x.stride(1), s_xw=x.stride(2),
@@ -183,7 +186,7 @@ def depthwise_conv_silu_backward(grad: torch.Tensor, x: torch.Tensor, weight: to
     """Gradients of (x, weight, bias) from the output's: x's contiguous in x's dtype, weight's and bias's in
     theirs (bias's None without a bias)."""
     x, grad = _channels_inner(x), grad if grad.is_contiguous() else grad.contiguous()
-    batch, height, width, channels, block_w, block_c, n_tiles = _geometry(x)
+    batch, height, width, channels, block_w, block_c, n_tiles = _geometry(x, _BWD_TILE)
     kernel_size = weight.shape[-1]
     n_cblk, n_wblk = cdiv(channels, block_c), cdiv(width, block_w)
     programs = min(n_tiles, cdiv(_BWD_PROGRAMS, n_cblk))
@@ -196,8 +199,10 @@ def depthwise_conv_silu_backward(grad: torch.Tensor, x: torch.Tensor, weight: to
            n_wblk=n_wblk, n_tiles=n_tiles, K=kernel_size, BW=block_w, BC=block_c, HAS_BIAS=bias is not None,
            ROUND=_rounds(x), num_warps=4)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    launch(_dwconv_bwd_dx, (n_tiles, n_cblk), x.device, dz_ptr=dz, w_ptr=weight, dx_ptr=dx, H=height, W=width,
-           channels=channels, n_wblk=n_wblk, K=kernel_size, BW=block_w, BC=block_c, ROUND=_rounds(x), num_warps=4)
+    _, _, _, _, block_w, block_c, n_tiles = _geometry(x, _TILE)
+    launch(_dwconv_bwd_dx, (n_tiles, cdiv(channels, block_c)), x.device, dz_ptr=dz, w_ptr=weight, dx_ptr=dx,
+           H=height, W=width, channels=channels, n_wblk=cdiv(width, block_w), K=kernel_size, BW=block_w, BC=block_c,
+           ROUND=_rounds(x), num_warps=4)
     sums = partials.sum(0)
     if sums.dtype != weight.dtype:
         sums = sums.to(weight.dtype)
