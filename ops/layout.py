@@ -14,10 +14,13 @@ import torch
 
 class LayoutOnly:
     """A backend's switch: ``with switch():`` turns it on for the block (nesting restores the previous state);
-    ``switch.active`` says whether kernels must not start."""
+    ``switch.active`` says whether kernels must not start. Inside ``with switch.recording() as skipped:`` it is on
+    and the backend appends what it would have started to ``skipped`` (``switch.skipped``; None when not
+    recording)."""
 
     def __init__(self) -> None:
         self.active = False
+        self.skipped: list | None = None
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
@@ -26,6 +29,16 @@ class LayoutOnly:
             yield
         finally:
             self.active = previous
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list]:
+        """Layout-only, listing the skipped launches (for tools that inspect the kernels a run would start)."""
+        previous, self.skipped = self.skipped, []
+        try:
+            with self():
+                yield self.skipped
+        finally:
+            self.skipped = previous
 
 
 def gradient_layouts(inputs: Iterable[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:

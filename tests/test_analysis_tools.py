@@ -364,6 +364,32 @@ def test_operators_make_no_more_torch_calls_than_documented():
         assert int(forward_calls) <= most_forward and int(backward_calls) <= most_backward, (name, rows[name])
 
 
+def test_kernel_resources_compiles_the_kernels_a_step_launches_for_the_gpu_without_one():
+    """kernel_resources.py records a training step's launches (layout-only, no kernel run) and compiles the chosen
+    kernels for sm_90a with Triton's ptxas: a row per distinct variant, with registers and what fits a
+    multiprocessor."""
+    pytest.importorskip('triton')
+    import kernel_resources
+
+    rows = kernel_resources.main(['--arch', 'tiny', '--size', '64', '--only', '_dwconv_silu_fwd', '_dwconv_bwd_dx'])
+    kernels = {row[0] for row in rows}
+    assert kernels == {'_dwconv_silu_fwd', '_dwconv_bwd_dx'}, rows
+    for _, variant, warps, registers, spills, programs, warps_per_sm in rows:
+        assert 'BW=' in variant and 0 < int(registers) <= 255 and re.fullmatch(r'\d+/\d+', spills)
+        assert int(programs) == kernel_resources.programs_per_sm(int(registers), int(warps)) >= 1
+        assert int(warps_per_sm) == int(programs) * int(warps)
+
+
+def test_programs_per_sm_counts_registers_in_allocation_units_and_the_warp_limit():
+    import kernel_resources
+
+    assert kernel_resources.programs_per_sm(128, 8) == 2  # 65536 / (128 * 256)
+    assert kernel_resources.programs_per_sm(121, 8) == 2  # allocated as 128
+    assert kernel_resources.programs_per_sm(255, 4) == 2  # 256 * 128 threads
+    assert kernel_resources.programs_per_sm(32, 4) == 16  # 64 warps a multiprocessor at most
+    assert kernel_resources.programs_per_sm(16, 1) == 32  # 32 programs at most
+
+
 def test_captured_step_keeps_the_tensors_its_graph_replays_into_alive(monkeypatch):
     """The graph holds no tensor: the captured step must keep the step function, and through it the model, alive."""
     class FakeStream:

@@ -141,6 +141,8 @@ def launch(kernel, grid: tuple[int, ...], device: torch.device, **arguments) -> 
     """``kernel[grid](**arguments)`` on ``device`` (the current CUDA device is switched only when it differs), by the
     lean path on CUDA."""
     if layout_only.active:
+        if layout_only.skipped is not None:
+            layout_only.skipped.append((kernel, grid, arguments))
         return
     if device.type != 'cuda':  # Triton's interpreter on CPU tensors
         _start(kernel, grid, arguments, None)

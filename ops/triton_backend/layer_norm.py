@@ -110,8 +110,9 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 def _tiles(n: int) -> tuple[int, int, int]:
     """(rows per program, padded width, warps): about 4096 elements a program, 16 a thread. At 32 a thread (4 warps)
-    the backward needs more than 255 registers and spills, and the forward takes 193 (ptxas for sm_90a, 96-channel
-    rows); at 16, 197 and 108, no spills."""
+    the backward of VMamba-T's norms takes 128 to 212 registers (8 to 16 warps a multiprocessor), at 16 (8 warps)
+    92 to 128 (16 warps); the forward 64 to 100 (16 to 32 warps), and 40 to 58 (32 to 48 warps)
+    (tools/analysis/kernel_resources.py, sm_90a)."""
     block_n = next_power_of_2(n)
     rows = max(1, min(64, 4096 // block_n))
     return rows, block_n, min(16, max(4, block_n * rows // 512))
