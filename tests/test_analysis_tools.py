@@ -380,6 +380,21 @@ def test_kernel_resources_compiles_the_kernels_a_step_launches_for_the_gpu_witho
         assert int(warps_per_sm) == int(programs) * int(warps)
 
 
+def test_kernel_resources_table_names_the_meta_parameters_that_tell_variants_apart():
+    import kernel_resources
+
+    entries = [{'kernel': 'k'}, {'kernel': 'k'}, {'kernel': 'other'}]
+    reports = [{'kernel': 'k', 'constexprs': {'T': 8, 'LOW_RANK': False}, 'registers': 128, 'warps': 8,
+                'spill_stores': 0, 'spill_loads': 0},
+               {'kernel': 'k', 'constexprs': {'T': 8, 'LOW_RANK': True, 'RP': 8}, 'registers': 255, 'warps': 8,
+                'spill_stores': 48, 'spill_loads': 28},
+               {'kernel': 'other', 'constexprs': {'BC': 32}, 'registers': 40, 'warps': 4, 'spill_stores': 0,
+                'spill_loads': 0}]
+    rows = kernel_resources.table(entries, reports)
+    assert [row[1] for row in rows] == ['LOW_RANK=False RP=-', 'LOW_RANK=True RP=8', '-']
+    assert rows[1][3:] == ['255', '48/28', '1', '8']
+
+
 def test_programs_per_sm_counts_registers_in_allocation_units_and_the_warp_limit():
     import kernel_resources
 

@@ -131,7 +131,9 @@ def compile_for(kernel, compile_arguments: tuple, capability: int) -> dict:
     report = _ptxas_report(compiled.asm['ptx'], capability)
     report['shared'] = max(report['shared'], compiled.metadata.shared)
     report['warps'] = options.num_warps
-    report['constexprs'] = {kernel.params[path[0]].name: value for path, value in source.constants.items()}
+    # the kernel's declared meta-parameters (not the integers Triton made constant because they equal 1)
+    report['constexprs'] = {kernel.params[path[0]].name: value for path, value in source.constants.items()
+                            if kernel.params[path[0]].is_constexpr}
     return report
 
 
@@ -143,7 +145,7 @@ def programs_per_sm(registers: int, warps: int) -> int:
 
 
 def _variant(constexprs: dict, varying: Iterable[str]) -> str:
-    return ' '.join(f'{name}={constexprs[name]}' for name in varying) or '-'
+    return ' '.join(f'{name}={constexprs.get(name, "-")}' for name in varying) or '-'
 
 
 def table(entries: list[dict], reports: list[dict]) -> list[list[str]]:
@@ -155,7 +157,8 @@ def table(entries: list[dict], reports: list[dict]) -> list[list[str]]:
     rows = []
     for entry, report in zip(entries, reports, strict=True):
         variants = by_kernel[entry['kernel']]
-        varying = [name for name in variants[0] if len({str(v.get(name)) for v in variants}) > 1]
+        names = dict.fromkeys(name for v in variants for name in v)
+        varying = [name for name in names if len({str(v.get(name)) for v in variants}) > 1]
         programs = programs_per_sm(report['registers'], report['warps'])
         rows.append([entry['kernel'], _variant(report['constexprs'], varying), str(report['warps']),
                      str(report['registers']), f"{report['spill_stores']}/{report['spill_loads']}", str(programs),
