@@ -380,6 +380,20 @@ def test_kernel_resources_compiles_the_kernels_a_step_launches_for_the_gpu_witho
         assert int(warps_per_sm) == int(programs) * int(warps)
 
 
+def test_kernel_resources_records_the_scan_launches_with_the_gpus_tiles():
+    """Recorded on the CPU (under the interpreter, whose own tiles are small), the scans' launches carry the tile
+    sizes a GPU run would use: chunks of 8 steps, 32 channels a row for d_state 1."""
+    pytest.importorskip('triton')
+    import kernel_resources
+
+    launches = kernel_resources._recorded(kernel_resources.parse_args(['--arch', 'tiny', '--size', '64']))
+    scans = [e['arguments'] for e in launches if e['kernel'] in ('scan_fwd_kernel', 'scan_bwd_kernel')]
+    assert scans and all(a['T'] == 8 and a['BC'] == 32 for a in scans)
+    assert {e['kernel'] for e in launches} >= {'scan_fwd_kernel', 'scan_bwd_kernel', '_layer_norm_fwd',
+                                               '_layer_norm_bwd', '_dwconv_silu_fwd', '_dwconv_silu_bwd_dz',
+                                               '_dwconv_bwd_dx'}
+
+
 def test_kernel_resources_table_names_the_meta_parameters_that_tell_variants_apart():
     import kernel_resources
 

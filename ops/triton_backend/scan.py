@@ -18,7 +18,9 @@ import torch
 from . import scan_kernels
 from .launch import cdiv, launch, next_power_of_2
 
-_INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+# Small tiles under Triton's interpreter, which runs the kernels in Python (the tests); the GPU's otherwise. A tool
+# that records on the CPU the launches a GPU run would make turns this off (tools/analysis/kernel_resources.py).
+interpreter_tiles = os.environ.get('TRITON_INTERPRET') == '1'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,7 @@ def scan_config(n_state: int, channels: int, length: int, sequences: int) -> Til
     alone fill the GPU: fewer rows in flight then keep more of the merged output in L2. Elsewhere (shorter rows, or
     rows cut into segments) 4, whose rounds synchronise fewer warps."""
     n_pad = next_power_of_2(n_state)
-    if _INTERPRET:
+    if interpreter_tiles:
         cfg = TileConfig(T=16, S=2, BC=min(4, next_power_of_2(channels)), WIN=4, programs=1)
     else:
         bc = min(next_power_of_2(channels), max(2, 64 // n_pad) if n_pad > 2 else 32)

@@ -4,10 +4,10 @@ architecture (default sm_90a, the H100) on any machine: no GPU needed.
 A kernel that needs more than 255 registers a thread spills to local memory, and the registers a thread takes decide
 how many programs share a multiprocessor: both are fixed at compile time, so they can be read before a GPU is at
 hand. The tool runs one bf16 training step of the model on CPU tensors with the Triton backend in layout-only mode
-(every launch recorded with its real arguments, nothing run; a child process under Triton's interpreter), then
-compiles each distinct kernel variant for the target with Triton, specialised as Triton would specialise it for those
-arguments, and reads ptxas's report. The counts come from this machine's Triton and ptxas: another version (the GPU
-machine's) allocates differently, so compare code revisions with one toolchain.
+and the GPU's tile sizes (every launch recorded with its real arguments, nothing run; a child process under
+Triton's interpreter), then compiles each distinct kernel variant for the target with Triton, specialised as
+Triton would specialise it for those arguments, and reads ptxas's report. The counts come from this machine's Triton
+and ptxas: another version (the GPU machine's) allocates differently, so compare code revisions with one toolchain.
 
     python tools/analysis/kernel_resources.py                      # VMamba-T, sm_90a
     python tools/analysis/kernel_resources.py --arch small --only scan_bwd_kernel
@@ -58,6 +58,7 @@ def record_launches(arch: str, size: int) -> list[dict]:
     from mmvmamba.ops import dispatch, use_backend
 
     backend = dispatch.module('triton')
+    importlib.import_module(f'{backend.__name__}.scan').interpreter_tiles = False  # the GPU's tiles, not run here
     torch.manual_seed(0)
     model = VMambaClassifier(arch).train()
     images = torch.randn(2, 3, size, size)
