@@ -9,8 +9,8 @@ Triton's interpreter), then compiles each distinct kernel variant for the target
 Triton would specialise it for those arguments, and reads ptxas's report. The counts come from this machine's Triton
 and ptxas: another version (the GPU machine's) allocates differently, so compare code revisions with one toolchain.
 
-    python tools/analysis/kernel_resources.py                      # VMamba-T, sm_90a
-    python tools/analysis/kernel_resources.py --arch small --only scan_bwd_kernel
+    python tools/analysis/kernel_resources.py                      # VMamba-T, sm_90a, batch 2 at 224x224
+    python tools/analysis/kernel_resources.py --batch 32 --only scan_fwd_kernel scan_bwd_kernel   # training's tiles
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='tiny', help='VMamba preset whose training step is recorded')
     parser.add_argument('--size', type=int, default=224, help='input side (tiles follow the feature maps)')
+    parser.add_argument('--batch', type=int, default=2,
+                        help='batch (tiles follow it: at 2 the scans cut rows into segments, as at detection sizes; '
+                             'from about 32 at 224 they do not, as in classification training)')
     parser.add_argument('--capability', type=int, default=90, help='CUDA compute capability to compile for')
     parser.add_argument('--only', nargs='+', default=None, metavar='KERNEL', help='compile only these kernels')
     parser.add_argument('--record-to', default=None, help=argparse.SUPPRESS)  # the child process's output file
@@ -51,9 +54,9 @@ def _describe(value: object) -> object:
     return value
 
 
-def record_launches(arch: str, size: int) -> list[dict]:
-    """The distinct kernel launches (kernel, arguments, warps) of one bf16 training step of ``arch`` at batch 2,
-    the Triton backend in layout-only mode (call under TRITON_INTERPRET=1, which lets it take CPU tensors)."""
+def record_launches(arch: str, size: int, batch: int) -> list[dict]:
+    """The distinct kernel launches (kernel, arguments, warps) of one bf16 training step of ``arch``, the Triton
+    backend in layout-only mode (call under TRITON_INTERPRET=1, which lets it take CPU tensors)."""
     from mmvmamba.models import VMambaClassifier
     from mmvmamba.ops import dispatch, use_backend
 
@@ -61,7 +64,7 @@ def record_launches(arch: str, size: int) -> list[dict]:
     importlib.import_module(f'{backend.__name__}.scan').interpreter_tiles = False  # the GPU's tiles, not run here
     torch.manual_seed(0)
     model = VMambaClassifier(arch).train()
-    images = torch.randn(2, 3, size, size)
+    images = torch.randn(batch, 3, size, size)
     with use_backend('triton'), backend.layout_only.recording() as launched:
         with torch.autocast('cpu', dtype=torch.bfloat16):
             loss = model(images).float().square().mean()
@@ -171,8 +174,8 @@ def _recorded(args: argparse.Namespace) -> list[dict]:
     """Record the launches in a child process under Triton's interpreter (it must be set before triton loads)."""
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, 'launches.json')
-        done = subprocess.run([sys.executable, __file__, '--arch', args.arch, '--size', str(args.size),
-                               '--record-to', out], cwd=ROOT, capture_output=True, text=True,
+        done = subprocess.run([sys.executable, __file__, '--arch', args.arch, '--size', str(args.size), '--batch',
+                               str(args.batch), '--record-to', out], cwd=ROOT, capture_output=True, text=True,
                               env={**os.environ, 'TRITON_INTERPRET': '1',
                                    'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])})
         if done.returncode:
@@ -183,7 +186,7 @@ def _recorded(args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> list[list[str]]:
     args = parse_args(argv)
     if args.record_to:
-        Path(args.record_to).write_text(json.dumps(record_launches(args.arch, args.size)))
+        Path(args.record_to).write_text(json.dumps(record_launches(args.arch, args.size, args.batch)))
         return []
     if os.environ.get('TRITON_INTERPRET') == '1':
         raise SystemExit('kernel_resources compiles the kernels: run it without TRITON_INTERPRET=1.')
@@ -201,8 +204,9 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
     reports = [{'kernel': entry['kernel'], **compile_for(kernel, compile_arguments, args.capability)}
                for entry, kernel, compile_arguments in variants.values()]
     rows = table(entries, reports)
-    print(f'Triton kernels of one bf16 training step of VMamba {args.arch}, compiled for sm_{args.capability} '
-          f'(Triton {importlib.import_module("triton").__version__}); spills: bytes stored / loaded a thread')
+    print(f'Triton kernels of one bf16 training step of VMamba {args.arch} (batch {args.batch}, '
+          f'{args.size}x{args.size}), compiled for sm_{args.capability} (Triton '
+          f'{importlib.import_module("triton").__version__}); spills: bytes stored / loaded a thread')
     print(format_table(['kernel', 'variant', 'warps', 'registers', 'spills', 'programs/SM', 'warps/SM'], rows))
     return rows
 
