@@ -27,10 +27,11 @@ from .scan import (
 )
 
 ROUTES = 4
-# The largest dt_proj rank the forward kernel expands itself (its route's weight slice held in registers, one
-# compiled variant per power of two); larger ranks (VMamba's later stages, where the maps are small) are expanded by
-# a batched matmul first.
-IN_KERNEL_RANK = 16
+# The largest dt_proj rank the forward kernel expands itself (its route's weight held in registers, a row a rank,
+# one compiled variant per power of two): VMamba's first stage (rank 6 at width 96, 8 at 128), where the maps are
+# largest. Larger ranks are expanded by a batched matmul first: at rank 12 the kernel would spill and hold half the
+# warps a multiprocessor (tools/analysis/kernel_resources.py, docs/ops.md).
+IN_KERNEL_RANK = 8
 
 
 def _positions_flat(t: torch.Tensor) -> torch.Tensor:

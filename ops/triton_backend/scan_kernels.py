@@ -330,8 +330,9 @@ def _round_loads(u_base, dl_base, B_base, C_base, k, r, L, H, W, c, n, mc, mn, s
     round loads every step (no per-step mask); TAIL (the row's last round, or a first round that may be it) only
     the steps before L. With C (the outputs' pass), delta's lines are marked evict-first in L2: read once, they
     should not push out the float32 output that the four routes add into at different times. LOW_RANK: dl_base
-    holds the rank-R input of dt_proj (stride s_dc along the rank), and ``low_rank`` is (rank indices (RP,), their
-    mask, the route's dt_proj weight (RP, BC) float32): delta is made here, rounded to the stored dtype as the
+    holds the rank-R input of dt_proj (stride s_dc along the rank), and ``low_rank`` is (rank, the route's dt_proj
+    weight as RP rows (BC,) float32, zero past the rank): delta is made here, one rank at a time (a 2-D tile, not a
+    (S, RP, BC) product, which takes twice the registers), rounded to the stored dtype as the
     batched matmul that otherwise makes it would round it."""
     t = (r * S + tl.arange(0, S)) * T
     p, dp, wrap = _route_start(k, t, L, H, W, CROSS)
@@ -344,9 +345,11 @@ def _round_loads(u_base, dl_base, B_base, C_base, k, r, L, H, W, c, n, mc, mn, s
         ok = (t + j < L)[:, None]
         us = us + (_load(u_base + (p[:, None] * s_up + c[None, :] * s_uc), ok, mc[None, :], TAIL, EVEN),)
         if LOW_RANK:
-            rk, mr, weight = low_rank
-            low = _load(dl_base + (p[:, None] * s_dp + rk[None, :] * s_dc), ok, mr[None, :], TAIL, False, WITH_C)
-            delta = tl.sum(low.to(tl.float32)[:, :, None] * weight[None, :, :], 1)
+            rank, weight_rows = low_rank
+            delta = tl.zeros((S, c.shape[0]), tl.float32)
+            for q in tl.static_range(len(weight_rows)):
+                low = _load(dl_base + (p * s_dp + q * s_dc), t + j < L, q < rank, TAIL, False, WITH_C)
+                delta += low.to(tl.float32)[:, None] * weight_rows[q][None, :]
             ds = ds + (delta.to(dl_base.dtype.element_ty),)
         else:
             ds = ds + (_load(dl_base + (p[:, None] * s_dp + c[None, :] * s_dc), ok, mc[None, :], TAIL, EVEN, WITH_C),)
@@ -509,13 +512,13 @@ def scan_fwd_kernel(
         False, HAS_D, HAS_BIAS, NP, BC, A_IS_LOG)
     A2 = A * _LOG2E
     if LOW_RANK:
-        rk = tl.arange(0, RP)
-        mr = rk < rank
-        weight = tl.load(w_ptr + k64 * s_wk + c[None, :] * s_wc + rk[:, None] * s_wr, mask=mr[:, None] & mc[None, :],
-                         other=0.0)
-        low_rank = (rk, mr, weight.to(dl_ptr.dtype.element_ty).to(tl.float32))  # rounded as the matmul's operand
+        weight_rows = ()
+        for q in tl.static_range(RP):  # rounded as the matmul's operand
+            weight_row = tl.load(w_ptr + k64 * s_wk + c * s_wc + q * s_wr, mask=mc & (q < rank), other=0.0)
+            weight_rows = weight_rows + (weight_row.to(dl_ptr.dtype.element_ty).to(tl.float32),)
+        low_rank = (rank, weight_rows)
     else:
-        low_rank = (n, mn, A)  # unused
+        low_rank = (rank, ())  # unused
     u_base = u_ptr + b64 * s_ub + k64 * s_uk
     dl_base = dl_ptr + b64 * s_db + k64 * s_dk
     B_base = B_ptr + b64 * s_Bb + k64 * s_Bk
