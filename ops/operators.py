@@ -22,6 +22,22 @@ def _python(backend: str):
     return reference if backend == 'reference' else dispatch.module(backend)
 
 
+def _lowered_backend(op: str, tensor: torch.Tensor, backend: str | None) -> str:
+    """The backend of an operator that ``torch.compile`` can generate itself (the norms, the depthwise convolution):
+    the reference's plain ops while compiling, where the call names no backend; else as :mod:`.dispatch` chooses."""
+    if backend is None and torch.compiler.is_compiling():
+        return 'reference'
+    return dispatch.resolve(op, tensor, backend)
+
+
+def _check_norm_parameters(op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    width = x.shape[-1] if x.dim() else 0
+    if width == 0 or weight.shape != (width,) or bias.shape != (width,):
+        raise ValueError(f'{op} normalises the last dim of x: x of shape {tuple(x.shape)} needs a non-empty last dim '
+                         f'and weight and bias of shape ({width},), got {tuple(weight.shape)} and '
+                         f'{tuple(bias.shape)}')
+
+
 def cross_scan(x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, 4, C, H*W): row-major, column-major and both reversed; a (B, 4, C, H, W) input gives
     each route its own map."""
@@ -96,16 +112,9 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     VMamba's norms before a Linear: under autocast the output goes straight to the Linear's dtype, in one kernel on
     CUDA instead of a float32 norm and a cast.
     """
-    width = x.shape[-1] if x.dim() else 0
-    if width == 0 or weight.shape != (width,) or bias.shape != (width,):
-        raise ValueError(f'layer_norm normalises the last dim of x: x of shape {tuple(x.shape)} needs a non-empty '
-                         f'last dim and weight and bias of shape ({width},), got {tuple(weight.shape)} and '
-                         f'{tuple(bias.shape)}')
+    _check_norm_parameters('layer_norm', x, weight, bias)
     out_dtype = out_dtype or x.dtype
-    if backend is None and torch.compiler.is_compiling():
-        name = 'reference'
-    else:
-        name = dispatch.resolve('layer_norm', x, backend)
+    name = _lowered_backend('layer_norm', x, backend)
     if name == 'triton':
         return library.run(library.layer_norm, _needs_grad(x, weight, bias), x, weight, bias, eps, out_dtype, name)[0]
     return _python(name).layer_norm(x, weight, bias, eps, out_dtype)
@@ -121,22 +130,15 @@ def add_layer_norm(residual: torch.Tensor, branch: torch.Tensor, weight: torch.T
     On CUDA one Triton kernel each way: the sum is written as the norm reads it, and the backward adds s's own
     gradient into the norm's and scales the branch's, where autograd would run an add and two multiplies.
     """
-    width = residual.shape[-1] if residual.dim() else 0
     if branch.shape != residual.shape:
         raise ValueError(f'add_layer_norm adds a branch of the residual\'s shape {tuple(residual.shape)}, got '
                          f'{tuple(branch.shape)}')
-    if width == 0 or weight.shape != (width,) or bias.shape != (width,):
-        raise ValueError(f'add_layer_norm normalises the last dim: a residual of shape {tuple(residual.shape)} needs '
-                         f'a non-empty last dim and weight and bias of shape ({width},), got {tuple(weight.shape)} '
-                         f'and {tuple(bias.shape)}')
+    _check_norm_parameters('add_layer_norm', residual, weight, bias)
     if mask is not None and mask.shape != residual.shape[:1]:
         raise ValueError(f'add_layer_norm takes one mask entry per sample: shape ({residual.shape[0]},), got '
                          f'{tuple(mask.shape)}')
     out_dtype = out_dtype or residual.dtype
-    if backend is None and torch.compiler.is_compiling():
-        name = 'reference'
-    else:
-        name = dispatch.resolve('add_layer_norm', residual, backend)
+    name = _lowered_backend('add_layer_norm', residual, backend)
     if name == 'triton':
         return library.run(library.add_layer_norm, _needs_grad(residual, branch, weight, bias), residual, branch,
                            mask, mask_value, weight, bias, eps, out_dtype, name)[:2]
@@ -161,10 +163,7 @@ def depthwise_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
                          f'shape {tuple(x.shape)} (read as channel-last (B, H, W, C)), got {tuple(weight.shape)}')
     if bias is not None and bias.shape != (channels,):
         raise ValueError(f'depthwise_conv_silu needs a bias of shape ({channels},) or None, got {tuple(bias.shape)}')
-    if backend is None and torch.compiler.is_compiling():
-        name = 'reference'
-    else:
-        name = dispatch.resolve('depthwise_conv_silu', x, backend)
+    name = _lowered_backend('depthwise_conv_silu', x, backend)
     if name == 'triton':
         weight = weight if weight.is_contiguous() else weight.contiguous()
         return library.run(library.depthwise_conv_silu, _needs_grad(x, weight, bias), x, weight, bias, name)
