@@ -158,8 +158,8 @@ def cross_selective_scan_backward(grad_out, x, delta, A, B, C, D, delta_bias, de
     operands = dict(u=_image_operand(x), delta=_image_operand(full), B=_image_operand(B), C=_image_operand(C),
                     gy=_merged_operand(grad_out), du=_image_operand(dx), ddelta=_image_operand(dfull),
                     dB=dB_operand, dC=dC_operand)
-    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, A_is_log,
-                                    tuple(zeroed))
+    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, tuple(zeroed),
+                                    A_is_log)
     ddelta, dweight = dfull, None
     if delta_weight is not None:
         batch, routes, rank, height, width = delta.shape

@@ -108,6 +108,11 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _rows_per_sample(x: torch.Tensor, rows: int) -> int:
+    """The rows of one sample (x's first dim), which share its entry of a residual add's mask."""
+    return rows // x.shape[0] if x.dim() > 1 else rows
+
+
 def _tiles(n: int) -> tuple[int, int, int]:
     """(rows per program, padded width, warps): about 4096 elements a program, 16 a thread. At 32 a thread (4 warps)
     the backward of VMamba-T's norms takes 128 to 212 registers (8 to 16 warps a multiprocessor), at 16 (8 warps)
@@ -142,7 +147,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: flo
            xhat_ptr=xhat if save_xhat else y, mean_ptr=mean, rstd_ptr=rstd,
            branch_ptr=x2 if branch is None else _rows(branch), mask_ptr=x2 if mask is None else mask,
            sum_ptr=x2 if total is None else total,
-           rows=rows, n=n, eps=eps, rows_per_sample=rows // x.shape[0] if x.dim() > 1 else rows,
+           rows=rows, n=n, eps=eps, rows_per_sample=_rows_per_sample(x, rows),
            mask_value=mask_value, ROWS=tile_rows, BLOCK_N=block_n, SAVE_XHAT=save_xhat, ADD=branch is not None,
            HAS_MASK=mask is not None, num_warps=warps)
     return total, y, mean, rstd, xhat
@@ -182,7 +187,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: tor
            rstd_ptr=rstd, dx_ptr=dx, partials_ptr=partials,
            dsum_ptr=x2 if dsum is None else _rows(dsum), mask_ptr=x2 if mask is None else mask,
            dbranch_ptr=dx if dbranch is None else dbranch,
-           rows=rows, n=n, rows_per_sample=rows // x.shape[0] if x.dim() > 1 else rows, mask_value=mask_value,
+           rows=rows, n=n, rows_per_sample=_rows_per_sample(x, rows), mask_value=mask_value,
            ROWS=tile_rows, BLOCK_N=block_n, X_IS_XHAT=x_is_xhat, ADD=branch_dtype is not None,
            HAS_DSUM=dsum is not None, HAS_MASK=mask is not None, num_warps=warps)
     sums = partials.sum(1)

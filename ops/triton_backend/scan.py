@@ -233,19 +233,20 @@ def backward_flags(geo: Geometry, cfg: TileConfig) -> int:
 
 
 def launch_backward(geo: Geometry, operands: dict[str, Operand], A, D, delta_bias, softplus: bool,
-                    states: torch.Tensor, cfg: TileConfig, A_is_log: bool = False,
-                    zeroed: tuple[torch.Tensor | None, ...] | None = None) -> tuple[torch.Tensor, ...]:
+                    states: torch.Tensor, cfg: TileConfig, zeroed: tuple[torch.Tensor | None, ...],
+                    A_is_log: bool = False) -> tuple[torch.Tensor, ...]:
     """Run the backward scan kernel: the gradients of the strided operands go into operands 'du', 'ddelta', 'dB',
     'dC'; returns the float32 gradients of (A, D, delta_bias) (None where absent; A's that of its log with
     ``A_is_log``), which the kernel adds into zeroed buffers with its look-back flags: ``zeroed``, the first four
-    results of :func:`zeroed_gradients` with :func:`backward_flags` flags, or made here (one memset)."""
+    results of :func:`zeroed_gradients` with :func:`backward_flags` flags (the caller's own zeroed gradients share
+    their memset)."""
     n_pad, n_cblk, n_chunks = geo.sizes(cfg)
     if states.shape[1:] != (n_chunks + 1, n_pad, cfg.BC):
         raise RuntimeError('selective scan backward: the tile configuration changed since the forward')
     check_offsets(geo, operands)
     rows = geo.batch * geo.routes * n_cblk
     seg_chunks, n_seg = _segments(rows, n_chunks, 1, cfg)
-    dA, dD, dbias, flags = zeroed or zeroed_gradients(A, D is not None, delta_bias is not None, rows * n_seg + 1)
+    dA, dD, dbias, flags = zeroed
     # the segments' look-back status, read only where rows are cut into segments (else any float32 tensor)
     status = (torch.empty(rows * n_seg * 4 * n_pad * cfg.BC, device=A.device, dtype=torch.float32) if n_seg > 1
               else dA)

@@ -85,7 +85,6 @@ def selective_scan_backward(grad_y, u, delta, A, B, C, D, delta_bias, states, de
     operands = dict(u=_seq_operand(u, g), delta=_seq_operand(delta, g), B=_state_operand(B), C=_state_operand(C),
                     gy=_seq_operand(grad_y, g), du=_seq_operand(du, g), ddelta=_seq_operand(ddelta, g),
                     dB=_state_operand(dB), dC=_state_operand(dC))
-    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg,
-                                    zeroed=tuple(zeroed))
+    dA, dD, dbias = launch_backward(geo, operands, A_c, D_c, bias_c, delta_softplus, states, cfg, tuple(zeroed))
     return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
             None if delta_bias is None else dbias.to(delta_bias.dtype))
